@@ -1,0 +1,43 @@
+// Host entry points of every kernel, CPU and CUDA. Outputs of the accumulation type (fp32, or fp64 for fp64 logits)
+// are contiguous (B, T) buffers allocated by the caller. Functions that validate indices return the first invalid
+// flat position (b * T + t, or b for positions), or kNoError; CUDA versions write it to a device int64 instead.
+#pragma once
+
+#include <cstdint>
+
+#include "common/views.h"
+
+namespace rlaifv {
+
+struct TokenSet {
+  const int64_t* ids;  // host pointer for CPU, device pointer for CUDA
+  int64_t n;
+};
+
+namespace cpu {
+int64_t token_logps_forward(const RowsView& x, const IndexView& y, int64_t ignore_index, double inv_temp,
+                            void* out_logp, void* out_lse);
+void token_logps_backward(const RowsView& x, const IndexView& y, int64_t ignore_index, double inv_temp,
+                          const void* coef, const void* lse, const MutRowsView& dx);
+int64_t bon_token_rewards(const RowsView& policy, const RowsView* ref_logits, const void* ref_logps,
+                          const IndexView& y, int64_t ignore_index, double inv_temp, void* out_diff);
+int64_t yes_no_logprobs(const RowsView& x, const IndexView* positions, TokenSet yes, TokenSet no, void* out_yes,
+                        void* out_no);
+bool has_openmp();
+int max_threads();
+}  // namespace cpu
+
+#ifdef RLAIFV_WITH_CUDA
+namespace cuda {
+void token_logps_forward(const RowsView& x, const IndexView& y, int64_t ignore_index, double inv_temp,
+                         void* out_logp, void* out_lse, int64_t* err, uintptr_t stream);
+void token_logps_backward(const RowsView& x, const IndexView& y, int64_t ignore_index, double inv_temp,
+                          const void* coef, const void* lse, const MutRowsView& dx, uintptr_t stream);
+void bon_token_rewards(const RowsView& policy, const RowsView* ref_logits, const void* ref_logps, const IndexView& y,
+                       int64_t ignore_index, double inv_temp, void* out_diff, int64_t* err, uintptr_t stream);
+void yes_no_logprobs(const RowsView& x, const IndexView* positions, TokenSet yes, TokenSet no, void* out_yes,
+                     void* out_no, int64_t* err, uintptr_t stream);
+}  // namespace cuda
+#endif
+
+}  // namespace rlaifv

@@ -1,0 +1,216 @@
+"""The one place that chooses a backend: native CPU kernels for CPU tensors, native CUDA kernels for CUDA tensors when
+the build has them, the pure-PyTorch reference elsewhere (with a one-time warning). Every op's custom-op body calls
+these functions; nothing else touches ``rlaifv_fast._C``.
+
+Outputs are of the accumulation dtype: float32, or float64 for float64 logits.
+"""
+
+from __future__ import annotations
+
+import enum
+import warnings
+
+import torch
+
+from .. import _native
+from . import reference
+
+
+class Backend(enum.Enum):
+    CPU = "cpu"
+    CUDA = "cuda"
+    REFERENCE = "reference"
+
+
+_warned: set[str] = set()
+
+
+def backend_for(device: torch.device) -> Backend:
+    if device.type == "cpu":
+        _native.native()  # a clear error when the package was not built
+        return Backend.CPU
+    if device.type == "cuda" and _native.cuda_compiled():
+        return Backend.CUDA
+    if device.type not in _warned:
+        _warned.add(device.type)
+        warnings.warn(
+            f"rlaifv_fast has no native kernels for device type {device.type!r} in this build; "
+            "using the pure-PyTorch reference (correct, but slower and memory-hungry)",
+            stacklevel=3,
+        )
+    return Backend.REFERENCE
+
+
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _error_slot(device: torch.device) -> torch.Tensor:
+    return torch.full((1,), _native.NO_ERROR, dtype=torch.int64, device=device)
+
+
+def _read_error(err: torch.Tensor) -> int | None:
+    bad = int(err.item())  # the one host sync: the kernel reports, Python raises after it
+    return None if bad == _native.NO_ERROR else bad
+
+
+def _shifted(logits: torch.Tensor, labels: torch.Tensor, shift: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    # views, never copies: row t of the logits predicts label t + 1
+    return (logits[:, :-1], labels[:, 1:]) if shift else (logits, labels)
+
+
+def _check_reference_labels(labels: torch.Tensor, V: int, ignore_index: int) -> int | None:
+    bad = (labels != ignore_index) & ((labels < 0) | (labels >= V))
+    if bool(bad.any()):
+        return int(bad.flatten().nonzero()[0])
+    return None
+
+
+def token_logps(
+    logits: torch.Tensor, labels: torch.Tensor, ignore_index: int, shift: bool, temperature: float
+) -> tuple[torch.Tensor, torch.Tensor, int | None]:
+    """(per-token log-probs, per-token lse, first invalid flat position or None) on the label grid (B, T')."""
+    x, y = _shifted(logits, labels, shift)
+    B, T, V = x.shape
+    backend = backend_for(x.device)
+    if backend is Backend.REFERENCE:
+        bad = _check_reference_labels(y, V, ignore_index)
+        tok, lse = reference.token_logps_reference(x, y, ignore_index=ignore_index, temperature=temperature)
+        return tok, lse, bad
+    out_logp = torch.empty((B, T), dtype=acc_dtype(x.dtype), device=x.device)
+    out_lse = torch.empty_like(out_logp)
+    if out_logp.numel() == 0:
+        return out_logp, out_lse, None
+    C = _native.native()
+    args = (_native.rows_view(x), _native.index_view(y), ignore_index, 1.0 / temperature)
+    if backend is Backend.CPU:
+        bad = C.cpu_token_logps_forward(*args, out_logp.data_ptr(), out_lse.data_ptr())
+        return out_logp, out_lse, bad
+    err = _error_slot(x.device)
+    C.cuda_token_logps_forward(
+        *args, out_logp.data_ptr(), out_lse.data_ptr(), err.data_ptr(), _native.cuda_stream(x.device)
+    )
+    return out_logp, out_lse, _read_error(err)
+
+
+def token_logps_backward(
+    grad: torch.Tensor,
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    lse: torch.Tensor,
+    ignore_index: int,
+    shift: bool,
+    temperature: float,
+    out: torch.Tensor,
+) -> None:
+    """Write d(sum_t grad[b,t] * logp[b,t]) / d logits into `out` (same shape and dtype as logits; may be logits)."""
+    x, y = _shifted(logits, labels, shift)
+    dx, _ = _shifted(out, labels, shift)
+    if shift and out.shape[1] > 0:
+        out[:, -1].zero_()  # the last position predicts nothing
+    if dx.numel() == 0:
+        return
+    coef = grad.to(acc_dtype(x.dtype)).contiguous()
+    backend = backend_for(x.device)
+    if backend is Backend.REFERENCE:
+        with torch.enable_grad():
+            xr = x.detach().requires_grad_(True)
+            tok, _ = reference.token_logps_reference(xr, y, ignore_index=ignore_index, temperature=temperature)
+            (g,) = torch.autograd.grad(tok, xr, grad_outputs=coef.to(tok.dtype))
+        dx.copy_(g)
+        return
+    C = _native.native()
+    args = (
+        _native.rows_view(x),
+        _native.index_view(y),
+        ignore_index,
+        1.0 / temperature,
+        coef.data_ptr(),
+        lse.contiguous().data_ptr(),
+        _native.mut_rows_view(dx),
+    )
+    if backend is Backend.CPU:
+        C.cpu_token_logps_backward(*args)
+    else:
+        C.cuda_token_logps_backward(*args, _native.cuda_stream(x.device))
+
+
+def bon_token_rewards(
+    policy_logits: torch.Tensor,
+    ref_logits: torch.Tensor | None,
+    ref_logps: torch.Tensor | None,
+    labels: torch.Tensor,
+    ignore_index: int,
+    shift: bool,
+    temperature: float,
+) -> tuple[torch.Tensor, int | None]:
+    """(per-token log pi_policy - log pi_ref on the label grid, first invalid flat position or None)."""
+    x, y = _shifted(policy_logits, labels, shift)
+    xr = _shifted(ref_logits, labels, shift)[0] if ref_logits is not None else None
+    B, T, V = x.shape
+    backend = backend_for(x.device)
+    if backend is Backend.REFERENCE:
+        bad = _check_reference_labels(y, V, ignore_index)
+        pol, _ = reference.token_logps_reference(x, y, ignore_index=ignore_index, temperature=temperature)
+        if xr is not None:
+            ref_tok, _ = reference.token_logps_reference(xr, y, ignore_index=ignore_index, temperature=temperature)
+        else:
+            ref_tok = torch.where(y != ignore_index, ref_logps.to(pol.dtype), torch.zeros_like(pol))
+        return pol - ref_tok, bad
+    out = torch.empty((B, T), dtype=acc_dtype(x.dtype), device=x.device)
+    if out.numel() == 0:
+        return out, None
+    ref_tok_ptr = 0
+    if ref_logps is not None:
+        ref_logps = ref_logps.to(out.dtype).contiguous()
+        ref_tok_ptr = ref_logps.data_ptr()
+    C = _native.native()
+    args = (
+        _native.rows_view(x),
+        _native.rows_view(xr) if xr is not None else None,
+        ref_tok_ptr,
+        _native.index_view(y),
+        ignore_index,
+        1.0 / temperature,
+        out.data_ptr(),
+    )
+    if backend is Backend.CPU:
+        return out, C.cpu_bon_token_rewards(*args)
+    err = _error_slot(x.device)
+    C.cuda_bon_token_rewards(*args, err.data_ptr(), _native.cuda_stream(x.device))
+    return out, _read_error(err)
+
+
+def yes_no(
+    logits: torch.Tensor, positions: torch.Tensor | None, yes_ids: torch.Tensor, no_ids: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, int | None]:
+    """(log P(yes-set), log P(no-set), first row with an invalid position or None) for (B, T, V) logits."""
+    B, T, V = logits.shape
+    backend = backend_for(logits.device)
+    if backend is Backend.REFERENCE:
+        bad = None
+        if positions is not None:
+            wrong = (positions < -T) | (positions >= T)
+            bad = int(wrong.nonzero()[0]) if bool(wrong.any()) else None
+        ly, ln = reference.yes_no_logprobs_reference(logits, yes_ids, no_ids, positions=positions)
+        return ly, ln, bad
+    out_yes = torch.empty((B,), dtype=acc_dtype(logits.dtype), device=logits.device)
+    out_no = torch.empty_like(out_yes)
+    if B == 0:
+        return out_yes, out_no, None
+    C = _native.native()
+    args = (
+        _native.rows_view(logits),
+        _native.index_view(positions) if positions is not None else None,
+        yes_ids.data_ptr(),
+        yes_ids.numel(),
+        no_ids.data_ptr(),
+        no_ids.numel(),
+        out_yes.data_ptr(),
+        out_no.data_ptr(),
+    )
+    if backend is Backend.CPU:
+        return out_yes, out_no, C.cpu_yes_no_logprobs(*args)
+    err = _error_slot(logits.device)
+    C.cuda_yes_no_logprobs(*args, err.data_ptr(), _native.cuda_stream(logits.device))
+    return out_yes, out_no, _read_error(err)
