@@ -5,6 +5,7 @@
 
 #include <string>
 
+#include "build_config.h"
 #include "kernels.h"
 
 namespace py = pybind11;

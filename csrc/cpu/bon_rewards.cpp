@@ -18,9 +18,9 @@ int64_t bon_token_rewards(const RowsView& policy, const RowsView* ref_logits, co
     first_bad = for_each_token_row(
         policy, y, ignore_index,
         [&](int64_t r, int64_t b, int64_t t, int64_t label) {
-          const Acc lp = row_token_logp<T>(row_ptr<T>(policy, b, t), policy.V, label, it, nullptr);
+          const Acc lp = row_token_logp<T>(row_ptr<T>(policy, b, t), policy.V, label, it);
           const Acc lr = ref_logits
-                             ? row_token_logp<T>(row_ptr<T>(*ref_logits, b, t), policy.V, label, it, nullptr)
+                             ? row_token_logp<T>(row_ptr<T>(*ref_logits, b, t), policy.V, label, it)
                              : ref_logps[r];
           diff[r] = lp - lr;
         },

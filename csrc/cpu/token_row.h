@@ -8,7 +8,7 @@ namespace rlaifv {
 namespace cpu {
 
 template <class T, class Acc = typename AccOf<T>::type>
-inline Acc row_token_logp(const T* row, int64_t V, int64_t label, Acc inv_temp, Acc* lse_out) {
+inline Acc row_token_logp(const T* row, int64_t V, int64_t label, Acc inv_temp, Acc* lse_out = nullptr) {
   const Acc lse = lse_value<Acc>(row_lse<T>(row, V, inv_temp));
   if (lse_out) *lse_out = lse;
   return token_logp<Acc>(static_cast<Acc>(load(row + label)), inv_temp, lse);
