@@ -113,11 +113,7 @@ def token_logps_backward(
     coef = grad.to(acc_dtype(x.dtype)).contiguous()
     backend = backend_for(x.device)
     if backend is Backend.REFERENCE:
-        with torch.enable_grad():
-            xr = x.detach().requires_grad_(True)
-            tok, _ = reference.token_logps_reference(xr, y, ignore_index=ignore_index, temperature=temperature)
-            (g,) = torch.autograd.grad(tok, xr, grad_outputs=coef.to(tok.dtype))
-        dx.copy_(g)
+        dx.copy_(reference.token_logps_grad_reference(coef, x, y, ignore_index=ignore_index, temperature=temperature))
         return
     C = _native.native()
     args = (

@@ -34,6 +34,24 @@ def token_logps_reference(
     return torch.where(mask, logp, zero), torch.where(mask, lse, zero)
 
 
+def token_logps_grad_reference(
+    grad: torch.Tensor,
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    ignore_index: int = -100,
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    """d(sum_t grad[b,t] * l[b,t]) / d logits = grad * (onehot(y) - softmax(x / tau)) / tau at unmasked tokens
+    (no shift: the caller passes aligned views). Used where autograd is not available (inside custom-op kernels)."""
+    x = logits.to(_compute_dtype(logits)) / temperature
+    mask = labels != ignore_index
+    safe = torch.where(mask, labels, torch.zeros_like(labels)).long()
+    coef = torch.where(mask, grad.to(x.dtype), torch.zeros((), dtype=x.dtype, device=x.device))
+    onehot = torch.nn.functional.one_hot(safe, x.shape[-1]).to(x.dtype)
+    return (coef.unsqueeze(-1) * (onehot - torch.softmax(x, dim=-1)) / temperature).to(logits.dtype)
+
+
 def sequence_logps_reference(
     logits: torch.Tensor,
     labels: torch.Tensor,

@@ -80,6 +80,19 @@ def token_logps_backward_(
     _dispatch.token_logps_backward(grad, logits, labels, lse, ignore_index, shift, temperature, logits)
 
 
+def _rows_disjoint(x: torch.Tensor) -> bool:
+    """Whether the (B, T) rows of V entries occupy disjoint memory (an expanded or overlapping view does not):
+    only then can the gradient be written over the logits."""
+    V = x.shape[-1]
+    dims = sorted((x.stride(i), x.shape[i]) for i in range(2) if x.shape[i] > 1)
+    extent = V
+    for stride, size in dims:
+        if stride < extent:
+            return False
+        extent = stride * size
+    return True
+
+
 def _setup_context(ctx, inputs, output):
     logits, labels, ignore_index, shift, temperature, inplace_backward = inputs
     _, lse = output
@@ -93,7 +106,7 @@ def _backward(ctx, grad_tok, _grad_lse):
     ignore_index, shift, temperature, inplace_backward = ctx.options
     if grad_tok is None:
         return None, None, None, None, None, None
-    if inplace_backward and logits.is_non_overlapping_and_dense():
+    if inplace_backward and _rows_disjoint(logits):
         # Reuses the logits buffer (opt-in): the caller promises nothing else needs these logits. Autograd's
         # version counter still catches a later reader that saved them.
         torch.ops.rlaifv_fast.token_logps_backward_(grad_tok, logits, labels, lse, ignore_index, shift, temperature)

@@ -42,7 +42,7 @@ class YesNo(NamedTuple):
     accepted: torch.Tensor
 
 
-def _token_set(name: str, ids: Sequence[int] | torch.Tensor, V: int, device: torch.device) -> torch.Tensor:
+def _token_set(name: str, ids: Sequence[int] | torch.Tensor, V: int) -> list[int]:
     if isinstance(ids, torch.Tensor):
         if ids.dtype not in (torch.int32, torch.int64) or ids.dim() != 1:
             raise TypeError(f"{name} must be a 1-D int32/int64 tensor or a sequence of ints, got {ids.dtype} {ids.dim()}-D")
@@ -55,7 +55,7 @@ def _token_set(name: str, ids: Sequence[int] | torch.Tensor, V: int, device: tor
     wrong = [i for i in values if not 0 <= i < V]
     if wrong:
         raise ValueError(f"{name} holds token id {wrong[0]}, outside the vocabulary [0, {V})")
-    return torch.tensor(values, dtype=torch.int64, device=device)
+    return values
 
 
 def yes_no_logprobs(
@@ -70,7 +70,8 @@ def yes_no_logprobs(
     Args:
         logits: (B, V) logits of the first generated position, or (B, T, V) with `positions`.
         yes_ids, no_ids: token ids of the yes and no sets (e.g. "yes", "Yes" / "no", "No" as the labeler's tokenizer
-            encodes them after the prompt); duplicates are ignored; the sets must not overlap.
+            encodes them after the prompt); duplicates are ignored; the sets must not overlap. Pass Python ints
+            under torch.compile (a tensor of ids is read on the host).
         positions: (B,) int32/int64 position per row for 3-D logits (negative counts from the end); default: the
             last position.
 
@@ -89,13 +90,15 @@ def yes_no_logprobs(
         raise ValueError(f"logits (shape {tuple(logits.shape)}) has no positions to read (T = 0)")
     else:
         positions = None if x.shape[1] == 1 else torch.full((x.shape[0],), -1, dtype=torch.int64, device=x.device)
-    yes = _token_set("yes_ids", yes_ids, V, x.device)
-    no = _token_set("no_ids", no_ids, V, x.device)
-    both = set(yes.tolist()) & set(no.tolist())
+    yes = _token_set("yes_ids", yes_ids, V)
+    no = _token_set("no_ids", no_ids, V)
+    both = set(yes) & set(no)
     if both:
         raise ValueError(f"token id {min(both)} is in both yes_ids and no_ids")
+    yes_t = torch.tensor(yes, dtype=torch.int64, device=x.device)
+    no_t = torch.tensor(no, dtype=torch.int64, device=x.device)
     with torch.no_grad():
-        ly, ln = torch.ops.rlaifv_fast.yes_no_logprobs(x, positions, yes, no)
+        ly, ln = torch.ops.rlaifv_fast.yes_no_logprobs(x, positions, yes_t, no_t)
     return YesNo(ly, ln, ly > ln)
 
 
