@@ -68,15 +68,18 @@ def _check_reference_labels(labels: torch.Tensor, V: int, ignore_index: int) -> 
 
 def token_logps(
     logits: torch.Tensor, labels: torch.Tensor, ignore_index: int, shift: bool, temperature: float
-) -> tuple[torch.Tensor, torch.Tensor, int | None]:
-    """(per-token log-probs, per-token lse, first invalid flat position or None) on the label grid (B, T')."""
+) -> tuple[torch.Tensor | None, torch.Tensor | None, int | None]:
+    """(per-token log-probs, per-token lse) on the label grid (B, T') and None, or (None, None, the first
+    invalid flat position); the native kernels report the position after a full pass."""
     x, y = _shifted(logits, labels, shift)
     B, T, V = x.shape
     backend = backend_for(x.device)
     if backend is Backend.REFERENCE:
         bad = _check_reference_labels(y, V, ignore_index)
+        if bad is not None:
+            return None, None, bad
         tok, lse = reference.token_logps_reference(x, y, ignore_index=ignore_index, temperature=temperature)
-        return tok, lse, bad
+        return tok, lse, None
     out_logp = torch.empty((B, T), dtype=acc_dtype(x.dtype), device=x.device)
     out_lse = torch.empty_like(out_logp)
     if out_logp.numel() == 0:
@@ -139,7 +142,7 @@ def bon_token_rewards(
     ignore_index: int,
     shift: bool,
     temperature: float,
-) -> tuple[torch.Tensor, int | None]:
+) -> tuple[torch.Tensor | None, int | None]:
     """(per-token log pi_policy - log pi_ref on the label grid, first invalid flat position or None)."""
     x, y = _shifted(policy_logits, labels, shift)
     xr = _shifted(ref_logits, labels, shift)[0] if ref_logits is not None else None
@@ -147,12 +150,14 @@ def bon_token_rewards(
     backend = backend_for(x.device)
     if backend is Backend.REFERENCE:
         bad = _check_reference_labels(y, V, ignore_index)
+        if bad is not None:
+            return None, bad
         pol, _ = reference.token_logps_reference(x, y, ignore_index=ignore_index, temperature=temperature)
         if xr is not None:
             ref_tok, _ = reference.token_logps_reference(xr, y, ignore_index=ignore_index, temperature=temperature)
         else:
             ref_tok = torch.where(y != ignore_index, ref_logps.to(pol.dtype), torch.zeros_like(pol))
-        return pol - ref_tok, bad
+        return pol - ref_tok, None
     out = torch.empty((B, T), dtype=acc_dtype(x.dtype), device=x.device)
     if out.numel() == 0:
         return out, None
@@ -179,7 +184,7 @@ def bon_token_rewards(
 
 def yes_no(
     logits: torch.Tensor, positions: torch.Tensor | None, yes_ids: torch.Tensor, no_ids: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, int | None]:
+) -> tuple[torch.Tensor | None, torch.Tensor | None, int | None]:
     """(log P(yes-set), log P(no-set), first row with an invalid position or None) for (B, T, V) logits."""
     B, T, V = logits.shape
     backend = backend_for(logits.device)
@@ -188,8 +193,10 @@ def yes_no(
         if positions is not None:
             wrong = (positions < -T) | (positions >= T)
             bad = int(wrong.nonzero()[0]) if bool(wrong.any()) else None
+        if bad is not None:
+            return None, None, bad
         ly, ln = reference.yes_no_logprobs_reference(logits, yes_ids, no_ids, positions=positions)
-        return ly, ln, bad
+        return ly, ln, None
     out_yes = torch.empty((B,), dtype=acc_dtype(logits.dtype), device=logits.device)
     out_no = torch.empty_like(out_yes)
     if B == 0:
