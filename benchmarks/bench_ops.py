@@ -378,14 +378,19 @@ class CpuMemoryMeter:
     def __init__(self, threads: int):
         self.threads = threads
         self.ctx = mp.get_context("forkserver")
-        self.ctx.set_forkserver_preload(["torch", "rlaifv_fast"])
+        self.ctx.set_forkserver_preload(["torch", "torch._dynamo", "rlaifv_fast"])  # custom ops import dynamo lazily (~1.5 s)
         saved = os.environ.get("MALLOC_MMAP_THRESHOLD_")
         os.environ["MALLOC_MMAP_THRESHOLD_"] = MMAP_THRESHOLD  # read by the forkserver's libc at start-up
+        cwd = os.getcwd()
+        # The forkserver runs `python -c ...`, which puts its working folder first on sys.path: start it from this
+        # script's folder so that a run from the repository root does not import the source tree's rlaifv_fast.
+        os.chdir(Path(__file__).resolve().parent)
         try:
             warm = self.ctx.Process(target=_noop)  # starts the forkserver now, not during a measurement
             warm.start()
             warm.join()
         finally:
+            os.chdir(cwd)
             if saved is None:
                 os.environ.pop("MALLOC_MMAP_THRESHOLD_", None)
             else:
@@ -471,6 +476,8 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
         metrics = [("median_ms", "median ms")] + ([("extra_peak_mib", "extra peak MiB")] if with_mem else [])
         for row_i, (key, label) in enumerate(metrics):
             ax = axes[row_i][col]
+            top = max((r[key] for r in case_rows if r[key] is not None), default=0.0)
+            label_fmt = "%.0f" if top >= 100 else "%.1f" if top >= 1 else "%.2f"
             for vi, variant in enumerate(variants):
                 xs, ys = [], []
                 for pi, phase in enumerate(phases):
@@ -479,8 +486,7 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
                         xs.append(pi + (vi - (len(variants) - 1) / 2) * width)
                         ys.append(match[0][key])
                 bars = ax.bar(xs, ys, width, label=variant, color=colours.get(variant))
-                ax.bar_label(bars, fmt="%.0f" if max(ys, default=0) >= 100 else "%.1f", fontsize=7, rotation=90,
-                             padding=2)
+                ax.bar_label(bars, fmt=label_fmt, fontsize=7, rotation=90, padding=2)
             ax.set_xticks(range(len(phases)), phases)
             ax.set_ylabel(label)
             ax.margins(y=0.25)
@@ -565,9 +571,10 @@ def main(argv=None) -> int:
                     print(f"  {op} {row['shape']} {variant:>13} {phase:>7}: {row['median_ms']:9.2f} ms"
                           + ("" if extra is None else f"  +{row['extra_peak_mib']:.1f} MiB"), file=sys.stderr,
                           flush=True)
+                if backup is not None:  # leave the logits as they were for the next variant
+                    with torch.no_grad():
+                        inputs["logits"].copy_(backup)
                 del backup
-                if variant == "ours-inplace":  # leave the logits as they were for the next variant
-                    inputs = make_inputs(op, shape, dtype, device)
                 gc.collect()
                 if device == "cuda":
                     torch.cuda.empty_cache()

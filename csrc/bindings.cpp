@@ -76,6 +76,9 @@ PYBIND11_MODULE(_C, m) {
 
   // ---- CPU ----
   m.def(
+      "cpu_advise_huge_pages", [](uintptr_t data, int64_t nbytes) { return cpu::advise_huge_pages(as_ptr<void>(data), nbytes); },
+      "Hint the kernel to back a fresh, untouched buffer with huge pages (Linux; returns whether it applied).");
+  m.def(
       "cpu_token_logps_forward",
       [](const RowsView& x, const IndexView& y, int64_t ignore_index, double inv_temp, uintptr_t out_logp,
          uintptr_t out_lse) {

@@ -23,6 +23,7 @@ int64_t bon_token_rewards(const RowsView& policy, const RowsView* ref_logits, co
                           const IndexView& y, int64_t ignore_index, double inv_temp, void* out_diff);
 int64_t yes_no_logprobs(const RowsView& x, const IndexView* positions, TokenSet yes, TokenSet no, void* out_yes,
                         void* out_no);
+bool advise_huge_pages(void* data, int64_t nbytes);
 bool has_openmp();
 int max_threads();
 }  // namespace cpu

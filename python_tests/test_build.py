@@ -20,7 +20,9 @@ def test_cuda_kernels_compiled_when_nvcc_is_present():
         return
     info = rlaifv_fast.build_info()
     assert info["cuda"] is True
-    assert "80" in info["cuda_archs"].split(",") and "90" in info["cuda_archs"].split(",")
+    archs = info["cuda_archs"].split(",")
+    if "RLAIFV_CUDA_ARCHS" not in os.environ.get("CMAKE_ARGS", ""):  # the default architectures
+        assert "80" in archs and "90" in archs
 
 
 def test_ops_are_registered():

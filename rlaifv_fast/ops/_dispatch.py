@@ -90,10 +90,25 @@ def token_logps(
         bad = C.cpu_token_logps_forward(*args, out_logp.data_ptr(), out_lse.data_ptr())
         return out_logp, out_lse, bad
     err = _error_slot(x.device)
-    C.cuda_token_logps_forward(
-        *args, out_logp.data_ptr(), out_lse.data_ptr(), err.data_ptr(), _native.cuda_stream(x.device)
-    )
+    with torch.cuda.device(x.device):  # kernels launch on the current device
+        C.cuda_token_logps_forward(
+            *args, out_logp.data_ptr(), out_lse.data_ptr(), err.data_ptr(), _native.cuda_stream(x.device)
+        )
     return out_logp, out_lse, _read_error(err)
+
+
+_HUGE_PAGE_MIN_BYTES = 8 << 20
+
+
+def new_gradient_buffer(logits: torch.Tensor) -> torch.Tensor:
+    """An uninitialised tensor shaped and typed like the logits for their gradient. On the CPU a large fresh buffer
+    is advised to use huge pages before the kernel first touches it: faulting in 4 KiB pages otherwise costs more
+    than computing the gradient (measured: 73 ms vs 11 ms for a 250 MiB gradient on 2 cores)."""
+    out = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
+    nbytes = out.numel() * out.element_size()
+    if out.device.type == "cpu" and nbytes >= _HUGE_PAGE_MIN_BYTES and _native.available():
+        _native.native().cpu_advise_huge_pages(out.data_ptr(), nbytes)
+    return out
 
 
 def token_logps_backward(
@@ -131,7 +146,8 @@ def token_logps_backward(
     if backend is Backend.CPU:
         C.cpu_token_logps_backward(*args)
     else:
-        C.cuda_token_logps_backward(*args, _native.cuda_stream(x.device))
+        with torch.cuda.device(x.device):
+            C.cuda_token_logps_backward(*args, _native.cuda_stream(x.device))
 
 
 def bon_token_rewards(
@@ -178,7 +194,8 @@ def bon_token_rewards(
     if backend is Backend.CPU:
         return out, C.cpu_bon_token_rewards(*args)
     err = _error_slot(x.device)
-    C.cuda_bon_token_rewards(*args, err.data_ptr(), _native.cuda_stream(x.device))
+    with torch.cuda.device(x.device):
+        C.cuda_bon_token_rewards(*args, err.data_ptr(), _native.cuda_stream(x.device))
     return out, _read_error(err)
 
 
@@ -215,5 +232,6 @@ def yes_no(
     if backend is Backend.CPU:
         return out_yes, out_no, C.cpu_yes_no_logprobs(*args)
     err = _error_slot(logits.device)
-    C.cuda_yes_no_logprobs(*args, err.data_ptr(), _native.cuda_stream(logits.device))
+    with torch.cuda.device(logits.device):
+        C.cuda_yes_no_logprobs(*args, err.data_ptr(), _native.cuda_stream(logits.device))
     return out_yes, out_no, _read_error(err)

@@ -56,7 +56,7 @@ def token_logps_backward(
     temperature: float,
 ) -> torch.Tensor:
     """d(sum_t grad * logp)/d logits, into a new tensor shaped and typed like the logits."""
-    out = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
+    out = _dispatch.new_gradient_buffer(logits)
     _dispatch.token_logps_backward(grad, logits, labels, lse, ignore_index, shift, temperature, out)
     return out
 
