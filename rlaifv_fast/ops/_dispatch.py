@@ -103,7 +103,8 @@ _HUGE_PAGE_MIN_BYTES = 8 << 20
 def new_gradient_buffer(logits: torch.Tensor) -> torch.Tensor:
     """An uninitialised tensor shaped and typed like the logits for their gradient. On the CPU a large fresh buffer
     is advised to use huge pages before the kernel first touches it: faulting in 4 KiB pages otherwise costs more
-    than computing the gradient (measured: 73 ms vs 11 ms for a 250 MiB gradient on 2 cores)."""
+    than computing the gradient (2 cores, 250 MiB fp32 gradient: backward 73 ms with 4 KiB pages, 24 ms with the
+    hint, 11 ms in place)."""
     out = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
     nbytes = out.numel() * out.element_size()
     if out.device.type == "cpu" and nbytes >= _HUGE_PAGE_MIN_BYTES and _native.available():
