@@ -32,3 +32,13 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(params=["native", "reference"])
+def backend(request, monkeypatch):
+    """Run a test through the native kernels and through the pure-PyTorch fallback of the dispatch point."""
+    if request.param == "reference":
+        from rlaifv_fast.ops import _dispatch
+
+        monkeypatch.setattr(_dispatch, "backend_for", lambda device: _dispatch.Backend.REFERENCE)
+    return request.param

@@ -4,14 +4,6 @@ import pytest
 import torch
 
 import rlaifv_fast
-from rlaifv_fast.ops import _dispatch
-
-
-@pytest.fixture(params=["native", "reference"])
-def backend(request, monkeypatch):
-    if request.param == "reference":
-        monkeypatch.setattr(_dispatch, "backend_for", lambda device: _dispatch.Backend.REFERENCE)
-    return request.param
 
 
 def seq(x, y, **kw):

@@ -6,16 +6,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import rlaifv_fast
-from rlaifv_fast.ops import _dispatch, reference
+from rlaifv_fast.ops import reference
 from rlaifv_fast.ops.bon_rewards import best_per_group
 from oracle import DTYPES, assert_close_rel, make_labels, make_logits, term_scale
-
-
-@pytest.fixture(params=["native", "reference"])
-def backend(request, monkeypatch):
-    if request.param == "reference":
-        monkeypatch.setattr(_dispatch, "backend_for", lambda device: _dispatch.Backend.REFERENCE)
-    return request.param
 
 
 def check(N, T, V, dtype, layout, masked, shift, normalize, beta, ref_as_logps, group):

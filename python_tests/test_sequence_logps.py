@@ -8,19 +8,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import rlaifv_fast
-from rlaifv_fast.ops import _dispatch, reference
+from rlaifv_fast.ops import reference
 from oracle import DTYPES, assert_close_rel, make_labels, make_logits, oracle_sequence, term_scale
 
 VOCABS = st.one_of(st.sampled_from([1, 2, 31, 123, 1000, 32000]), st.integers(1, 3000))
 GRAD_RTOL = {torch.float32: 1e-5, torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11, torch.float64: 1e-12}
-
-
-@pytest.fixture(params=["native", "reference"])
-def backend(request, monkeypatch):
-    """Run a test through the native kernels and through the pure-PyTorch fallback of the dispatch point."""
-    if request.param == "reference":
-        monkeypatch.setattr(_dispatch, "backend_for", lambda device: _dispatch.Backend.REFERENCE)
-    return request.param
 
 
 def check_against_oracle(B, T, V, dtype, layout, masked, shift, average, temperature, label_dtype=torch.int64):

@@ -6,15 +6,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import rlaifv_fast
-from rlaifv_fast.ops import _dispatch, reference
+from rlaifv_fast.ops import reference
 from oracle import DTYPES, make_logits
-
-
-@pytest.fixture(params=["native", "reference"])
-def backend(request, monkeypatch):
-    if request.param == "reference":
-        monkeypatch.setattr(_dispatch, "backend_for", lambda device: _dispatch.Backend.REFERENCE)
-    return request.param
 
 
 def oracle(z, yes, no, positions=None):
