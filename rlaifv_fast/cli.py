@@ -1,0 +1,223 @@
+"""`rlaifv-fast`: the RLAIF-V pipeline from the command line.
+
+    rlaifv-fast generate --prompts prompts.jsonl --model ./policy --out run/candidates.jsonl
+    rlaifv-fast feedback --prompts prompts.jsonl --candidates run/candidates.jsonl --labeler ./labeler --out run/feedback.jsonl
+    rlaifv-fast pairs    --prompts prompts.jsonl --feedback run/feedback.jsonl --out-dir run/
+
+Every option can also come from a YAML or JSON file given with --config: top-level keys apply to every command, a
+section named after the command overrides them, and flags on the command line override both. Keys are the option
+names with underscores (engine_options is a mapping). Stages resume: re-running a command skips finished records.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from .engines.base import NO_WORDS, YES_WORDS, DecodingConfig
+
+
+def _engine_option(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"--engine-option expects KEY=VALUE, got {text!r}")
+    key, value = text.split("=", 1)
+    try:
+        return key.strip(), json.loads(value)
+    except json.JSONDecodeError:
+        return key.strip(), value
+
+
+def _words(text: str) -> tuple[str, ...]:
+    words = tuple(w for w in (s.strip() for s in text.split(",")) if w)
+    if not words:
+        raise argparse.ArgumentTypeError("a word list needs at least one word")
+    return words
+
+
+def _shard(text: str) -> tuple[int, int]:
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--shard expects I/N (e.g. 0/4), got {text!r}") from None
+    if not 0 <= i < n:
+        raise argparse.ArgumentTypeError(f"--shard {text}: I must be in [0, N)")
+    return i, n
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--prompts", help="prompt source: .jsonl or .parquet file (rows with 'question' and 'image' "
+                   "(path relative to the file, or {bytes, path}), optional 'id'), or a saved datasets folder")
+    p.add_argument("--skip-bad", action="store_true", default=None,
+                   help="skip malformed rows and unreadable images (counted in the report) instead of failing")
+    p.add_argument("--limit", type=int, help="use only the first N prompts")
+    p.add_argument("--shard", type=_shard, help="process shard I of N (prompts split by a hash of their id, so "
+                   "shard outputs concatenate into exactly the records of one run)")
+    p.add_argument("--no-progress", action="store_true", default=None, help="hide progress bars")
+
+
+def _add_engine(p: argparse.ArgumentParser, prefix: str = "") -> None:
+    p.add_argument(f"--{prefix}engine", choices=("hf", "vllm"),
+                   help="runtime: hf (transformers, the default) or vllm")
+    p.add_argument(f"--{prefix}engine-option", type=_engine_option, action="append", metavar="KEY=VALUE",
+                   help="an engine option, repeatable; values are JSON when they parse as JSON. hf: device, dtype, "
+                   "batch_size, trust_remote_code, local_files_only; vllm: anything vllm.LLM takes "
+                   "(tensor_parallel_size, data_parallel_size, gpu_memory_utilization, max_model_len, dtype, ...)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rlaifv-fast", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="YAML or JSON file of option values (see above)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    g = sub.add_parser("generate", help="sample n candidates per prompt with one decoding setting (deconfounded)")
+    _add_common(g)
+    g.add_argument("--model", help="policy model folder (or hub name with --engine-option local_files_only=false)")
+    _add_engine(g)
+    g.add_argument("--out", help="candidates JSONL (appended; finished candidates are skipped on re-run)")
+    g.add_argument("--n", type=int, help="candidates per prompt (default 10)")
+    g.add_argument("--temperature", type=float, help="sampling temperature (default 0.7)")
+    g.add_argument("--max-new-tokens", type=int, help="default 512")
+    g.add_argument("--top-p", type=float, help="default 1.0 (off)")
+    g.add_argument("--top-k", type=int, help="default 0 (off)")
+    g.add_argument("--repetition-penalty", type=float, help="default 1.0 (off)")
+    g.add_argument("--seed", type=int, help="run seed; candidate seeds derive from (seed, prompt id, index); default 0")
+    g.add_argument("--batch-size", type=int, help="prompts per engine call (default 8)")
+
+    f = sub.add_parser("feedback", help="divide answers into claims, ask the labeler yes/no, score -(rejected)")
+    _add_common(f)
+    f.add_argument("--candidates", help="candidates JSONL from `generate`")
+    f.add_argument("--labeler", help="labeler model folder (the policy itself for self-feedback)")
+    _add_engine(f)
+    f.add_argument("--out", help="feedback JSONL (appended; finished candidates are skipped on re-run)")
+    f.add_argument("--divider", choices=("rule", "llm"), help="claim splitter: rule (deterministic, offline; the "
+                   "default) or llm (prompted model)")
+    f.add_argument("--divider-model", help="model for --divider llm (default: the labeler)")
+    _add_engine(f, prefix="divider-")
+    f.add_argument("--batch-size", type=int, help="candidates per batch (default 16)")
+    f.add_argument("--yes-words", type=_words, help="comma-separated yes words (default yes,Yes)")
+    f.add_argument("--no-words", type=_words, help="comma-separated no words (default no,No)")
+
+    pr = sub.add_parser("pairs", help="build preference pairs and write RLAIF-V and TRL parquet files")
+    _add_common(pr)
+    pr.add_argument("--feedback", help="feedback JSONL from `feedback`")
+    pr.add_argument("--out-dir", help="folder for pairs.rlaifv.parquet, pairs.trl.parquet, pairs.report.json")
+    pr.add_argument("--max-pairs-per-prompt", type=int, help="keep at most k pairs per image (default 2)")
+    pr.add_argument("--min-score-gap", type=float, help="minimum score difference of a pair (default 1)")
+    pr.add_argument("--seed", type=int, help="seed of the per-image pair sampling (default 0)")
+    pr.add_argument("--no-length-balance", action="store_true", default=None, help="skip length balancing")
+    pr.add_argument("--ds-name", help="ds_name column of the RLAIF-V parquet (default rlaifv_fast)")
+    return parser
+
+
+def _load_config(path: str | None, command: str, parser: argparse.ArgumentParser) -> dict[str, Any]:
+    if not path:
+        return {}
+    text = Path(path).read_text(encoding="utf-8")
+    if path.endswith((".yaml", ".yml")):
+        import yaml
+
+        data = yaml.safe_load(text) or {}
+    else:
+        data = json.loads(text)
+    if not isinstance(data, dict):
+        parser.error(f"--config {path}: expected a mapping of option names to values")
+    merged = {k: v for k, v in data.items() if k not in ("generate", "feedback", "pairs")}
+    merged.update(data.get(command) or {})
+    return {k.replace("-", "_"): v for k, v in merged.items()}
+
+
+def _apply_config(args: argparse.Namespace, config: dict[str, Any], parser: argparse.ArgumentParser) -> None:
+    for key, value in config.items():
+        target = {"engine_options": "engine_option", "divider_engine_options": "divider_engine_option"}.get(key, key)
+        if not hasattr(args, target):
+            parser.error(f"--config: unknown option {key!r} for `{args.command}`")
+        if getattr(args, target) is None:
+            if target.endswith("engine_option") and isinstance(value, dict):
+                value = list(value.items())
+            setattr(args, target, value)
+
+
+def _require(args: argparse.Namespace, parser: argparse.ArgumentParser, *names: str) -> None:
+    missing = [n for n in names if getattr(args, n) in (None, "")]
+    if missing:
+        parser.error(f"`{args.command}` needs " + ", ".join("--" + n.replace("_", "-") for n in missing))
+
+
+def _prompts(args):
+    from .data import load_prompts, shard
+
+    prompts, report = load_prompts(args.prompts, skip_bad=bool(args.skip_bad), limit=args.limit)
+    if args.shard:
+        prompts = shard(prompts, *args.shard)
+    for line in report.skipped:
+        print(f"skipped: {line}", file=sys.stderr)
+    return prompts
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _apply_config(args, _load_config(args.config, args.command, parser), parser)
+    progress = not args.no_progress
+
+    from . import stages
+    from .engines import make_engine
+
+    if args.command == "generate":
+        _require(args, parser, "prompts", "model", "out")
+        decoding = DecodingConfig(
+            temperature=args.temperature if args.temperature is not None else 0.7,
+            max_new_tokens=args.max_new_tokens or 512,
+            top_p=args.top_p if args.top_p is not None else 1.0,
+            top_k=args.top_k or 0,
+            repetition_penalty=args.repetition_penalty or 1.0,
+        )
+        config = stages.GenerateConfig(n=args.n or 10, decoding=decoding, run_seed=args.seed or 0,
+                                       batch_size=args.batch_size or 8, skip_bad=bool(args.skip_bad))
+        prompts = _prompts(args)
+        engine = make_engine(args.engine or "hf", args.model, options=dict(args.engine_option or []))
+        report = stages.run_generate(prompts, engine, args.out, config, progress=progress)
+    elif args.command == "feedback":
+        _require(args, parser, "prompts", "candidates", "labeler", "out")
+        from .divide import LLMDivider, RuleDivider
+
+        prompts = _prompts(args)
+        wanted = {p.id for p in prompts}
+        candidates = [c for c in stages.load_stage_records(args.candidates) if c["prompt_id"] in wanted]
+        labeler = make_engine(args.engine or "hf", args.labeler, options=dict(args.engine_option or []))
+        if (args.divider or "rule") == "rule":
+            divider = RuleDivider()
+        elif args.divider_model and args.divider_model != args.labeler:
+            divider = LLMDivider(make_engine(args.divider_engine or "hf", args.divider_model,
+                                             options=dict(args.divider_engine_option or [])))
+        else:
+            divider = LLMDivider(labeler)
+        config = stages.FeedbackConfig(batch_size=args.batch_size or 16, yes_words=args.yes_words or YES_WORDS,
+                                       no_words=args.no_words or NO_WORDS, skip_bad=bool(args.skip_bad))
+        report = stages.run_feedback(candidates, prompts, divider, labeler, args.out, config, progress=progress)
+    else:
+        _require(args, parser, "prompts", "feedback", "out_dir")
+        from .pairs import PairConfig
+
+        prompts = _prompts(args)
+        config = PairConfig(
+            max_pairs_per_prompt=args.max_pairs_per_prompt if args.max_pairs_per_prompt is not None else 2,
+            min_score_gap=args.min_score_gap if args.min_score_gap is not None else 1.0,
+            seed=args.seed or 0,
+            length_balance=not args.no_length_balance,
+        )
+        out, report = stages.run_pairs(stages.load_stage_records(args.feedback), prompts, args.out_dir, config,
+                                       ds_name=args.ds_name or "rlaifv_fast", origin_dataset=str(args.prompts))
+        print(f"wrote {out.rlaifv_parquet}, {out.trl_parquet}, {out.report_json}")
+    summary = dataclasses.asdict(report) if dataclasses.is_dataclass(report) else report
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
