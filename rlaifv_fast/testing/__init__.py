@@ -1,0 +1,25 @@
+"""Offline test helpers: tiny random-weight models with local tokenizers, built in well under a second."""
+
+from .tiny_vlm import (
+    TINY_CHAT_TEMPLATE,
+    TINY_IMAGE_SIZE,
+    TINY_IMAGE_TOKENS,
+    TINY_PATCH_SIZE,
+    TINY_WORDS,
+    build_tiny_llama,
+    build_tiny_llava,
+    vllm_key,
+    vllm_state_dict_keys,
+)
+
+__all__ = [
+    "TINY_CHAT_TEMPLATE",
+    "TINY_IMAGE_SIZE",
+    "TINY_IMAGE_TOKENS",
+    "TINY_PATCH_SIZE",
+    "TINY_WORDS",
+    "build_tiny_llama",
+    "build_tiny_llava",
+    "vllm_key",
+    "vllm_state_dict_keys",
+]
