@@ -124,3 +124,15 @@ def test_help_documents_every_option(capsys):
             main([command, "--help"])
         text = capsys.readouterr().out
         assert "--prompts" in text and "--skip-bad" in text
+
+
+def test_shards_merge_into_the_records_of_one_run(tiny_llava, prompts_file, tmp_path):  # noqa: F811
+    common = ["--prompts", str(prompts_file), "--model", str(tiny_llava), "--n", "2", "--max-new-tokens", "8",
+              "--no-progress"]
+    main(["generate", *common, "--out", str(tmp_path / "all.jsonl")])
+    for i in range(2):
+        main(["generate", *common, "--shard", f"{i}/2", "--out", str(tmp_path / f"shard{i}.jsonl")])
+    merged = [r for i in range(2) for r in read_records(tmp_path / f"shard{i}.jsonl")]
+    single = list(read_records(tmp_path / "all.jsonl"))
+    assert sorted(merged, key=lambda r: r["id"]) == sorted(single, key=lambda r: r["id"])
+    assert all(list(read_records(tmp_path / f"shard{i}.jsonl")) for i in range(2))
