@@ -29,6 +29,7 @@ import torch
 from ..images import ImageInput, load_image
 from ..seeds import candidate_seed
 from .base import NO_WORDS, YES_NO_SUFFIX, YES_WORDS, DecodingConfig, Sample, SampleRequest, YesNoRequest, YesNoResult
+from .prompting import ChatPrompts
 from .token_sets import resolve_token_ids
 
 # Model types whose prompts use plain 1-D positions and full-attention caches: the prefix-sharing path and explicit
@@ -193,7 +194,7 @@ class HFEngine:
         model_name: str | None = None,
         attn_implementation: str | None = None,
     ):
-        from transformers import AutoConfig, AutoProcessor, AutoTokenizer
+        from transformers import AutoConfig
 
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -206,37 +207,23 @@ class HFEngine:
         load = {"trust_remote_code": bool(trust_remote_code), "local_files_only": bool(local_files_only)}
 
         self.config = AutoConfig.from_pretrained(self.model_path, **load)
-        processor = None
-        try:
-            processor = AutoProcessor.from_pretrained(self.model_path, **load)
-        except (OSError, ValueError, KeyError, TypeError):
-            processor = None
-        self.multimodal = processor is not None and hasattr(processor, "image_processor") and hasattr(
-            processor, "tokenizer"
-        )
+        self.prompts = ChatPrompts.load(self.model_path, model_name=self.model_name, **load)
+        self.processor, self.tokenizer = self.prompts.processor, self.prompts.tokenizer
+        self.multimodal = self.prompts.multimodal
         model_kwargs: dict[str, Any] = dict(load, dtype=self.dtype)
         if attn_implementation is not None:
             model_kwargs["attn_implementation"] = attn_implementation
         if self.multimodal:
             from transformers import AutoModelForImageTextToText
 
-            self.processor = processor
-            self.tokenizer = processor.tokenizer
             self.model = AutoModelForImageTextToText.from_pretrained(self.model_path, **model_kwargs)
         else:
             from transformers import AutoModelForCausalLM
 
-            self.processor = None
-            self.tokenizer = AutoTokenizer.from_pretrained(self.model_path, **load)
             self.model = AutoModelForCausalLM.from_pretrained(self.model_path, **model_kwargs)
         self.model.to(self.device).eval()
         if self.dtype == "auto":
             self.dtype = next(self.model.parameters()).dtype
-
-        chat = self.processor if self.multimodal else self.tokenizer
-        if not getattr(chat, "chat_template", None) and not getattr(self.tokenizer, "chat_template", None):
-            raise ValueError(f"{self.model_path} has no chat template (neither processor nor tokenizer)")
-        self._chat = chat if getattr(chat, "chat_template", None) else self.tokenizer
 
         tok = self.tokenizer
         self._image_token_id = getattr(self.config, "image_token_id", None)
@@ -278,19 +265,10 @@ class HFEngine:
     # ------------------------------------------------------------------ prompts
     def render(self, text: str, *, image: bool) -> str:
         """The chat prompt of one user turn (image first, then text) with the generation prompt."""
-        if self.multimodal:
-            content = ([{"type": "image"}] if image else []) + [{"type": "text", "text": text}]
-        else:
-            if image:
-                raise ValueError(f"{self.model_name} is a text-only model; it cannot take an image")
-            content = text
-        return self._chat.apply_chat_template(
-            [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
-        )
+        return self.prompts.render(text, image=image)
 
     def _add_special(self, text: str) -> bool:
-        bos = self.tokenizer.bos_token
-        return not (bos and text.startswith(bos))
+        return self.prompts.add_special_tokens(text)
 
     def _tokenize(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=self._add_special(text))["input_ids"])

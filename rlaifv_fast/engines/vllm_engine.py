@@ -69,6 +69,7 @@ from typing import Any
 from ..images import load_image
 from ..seeds import candidate_seed
 from .base import NO_WORDS, YES_NO_SUFFIX, YES_WORDS, DecodingConfig, Sample, SampleRequest, YesNoRequest, YesNoResult
+from .prompting import ChatPrompts
 from .token_sets import resolve_token_ids
 
 _GiB = 1 << 30
@@ -142,52 +143,21 @@ class VLLMEngine:
         self.llm = vllm.LLM(model=self.model_path, **self.llm_kwargs)
 
     def _load_processor(self) -> None:
-        from transformers import AutoProcessor, AutoTokenizer
-
         source = self.llm_kwargs.get("tokenizer") or self.model_path
-        load = {"trust_remote_code": bool(self.llm_kwargs.get("trust_remote_code", False))}
+        load: dict[str, Any] = {"trust_remote_code": bool(self.llm_kwargs.get("trust_remote_code", False))}
         if self.llm_kwargs.get("tokenizer_revision") or self.llm_kwargs.get("revision"):
             load["revision"] = self.llm_kwargs.get("tokenizer_revision") or self.llm_kwargs.get("revision")
-        processor = None
-        try:
-            processor = AutoProcessor.from_pretrained(source, **load)
-        except (OSError, ValueError, KeyError, TypeError):
-            processor = None
-        self.multimodal = processor is not None and hasattr(processor, "image_processor") and hasattr(
-            processor, "tokenizer"
-        )
-        if self.multimodal:
-            self.processor = processor
-            self.tokenizer = processor.tokenizer
-        else:
-            self.processor = None
-            self.tokenizer = processor if hasattr(processor, "encode") else AutoTokenizer.from_pretrained(
-                source, **load
-            )
-        chat = self.processor if self.multimodal else self.tokenizer
-        if getattr(chat, "chat_template", None):
-            self._chat = chat
-        elif getattr(self.tokenizer, "chat_template", None):
-            self._chat = self.tokenizer
-        else:
-            raise ValueError(f"{self.model_path} has no chat template (neither processor nor tokenizer)")
+        self.prompts = ChatPrompts.load(source, model_name=self.model_name, **load)
+        self.processor, self.tokenizer = self.prompts.processor, self.prompts.tokenizer
+        self.multimodal = self.prompts.multimodal
 
     # ------------------------------------------------------------------ prompts
     def render(self, text: str, *, image: bool) -> str:
         """The chat prompt of one user turn (image first, then text) with the generation prompt (as HFEngine)."""
-        if self.multimodal:
-            content: Any = ([{"type": "image"}] if image else []) + [{"type": "text", "text": text}]
-        else:
-            if image:
-                raise ValueError(f"{self.model_name} is a text-only model; it cannot take an image")
-            content = text
-        return self._chat.apply_chat_template(
-            [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
-        )
+        return self.prompts.render(text, image=image)
 
     def _add_special(self, text: str) -> bool:
-        bos = self.tokenizer.bos_token
-        return not (bos and text.startswith(bos))
+        return self.prompts.add_special_tokens(text)
 
     def _prompt(self, text: str, image) -> dict[str, Any]:
         prompt: dict[str, Any] = {"prompt": text}

@@ -1,0 +1,59 @@
+"""Prompts as the model's own processor renders them: shared by every engine, so the transformers and vLLM engines
+send token-for-token the same prompts."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+
+@dataclasses.dataclass
+class ChatPrompts:
+    """The tokenizer, the multimodal processor (None for text-only models) and the object holding the chat
+    template, loaded from a model folder (or hub name)."""
+
+    tokenizer: Any
+    processor: Any | None
+    chat: Any
+    model_name: str
+
+    @property
+    def multimodal(self) -> bool:
+        return self.processor is not None
+
+    @classmethod
+    def load(cls, source: str, *, model_name: str, **load_kwargs: Any) -> ChatPrompts:
+        """load_kwargs go to from_pretrained (trust_remote_code, local_files_only, revision, ...)."""
+        from transformers import AutoProcessor, AutoTokenizer
+
+        try:
+            processor = AutoProcessor.from_pretrained(source, **load_kwargs)
+        except (OSError, ValueError, KeyError, TypeError):
+            processor = None
+        if processor is not None and hasattr(processor, "image_processor") and hasattr(processor, "tokenizer"):
+            tokenizer = processor.tokenizer
+        else:
+            tokenizer = processor if hasattr(processor, "encode") else AutoTokenizer.from_pretrained(source,
+                                                                                                  **load_kwargs)
+            processor = None
+        chat = processor if processor is not None and getattr(processor, "chat_template", None) else tokenizer
+        if not getattr(chat, "chat_template", None):
+            raise ValueError(f"{source} has no chat template (neither processor nor tokenizer)")
+        return cls(tokenizer, processor, chat, model_name)
+
+    def render(self, text: str, *, image: bool) -> str:
+        """The chat prompt of one user turn (image first, then text) with the generation prompt."""
+        if self.multimodal:
+            content: Any = ([{"type": "image"}] if image else []) + [{"type": "text", "text": text}]
+        else:
+            if image:
+                raise ValueError(f"{self.model_name} is a text-only model; it cannot take an image")
+            content = text
+        return self.chat.apply_chat_template(
+            [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
+        )
+
+    def add_special_tokens(self, text: str) -> bool:
+        """Whether tokenizing `text` should add special tokens: not when the template already starts with BOS."""
+        bos = self.tokenizer.bos_token
+        return not (bos and text.startswith(bos))
