@@ -3,6 +3,8 @@
     rlaifv-fast generate --prompts prompts.jsonl --model ./policy --out run/candidates.jsonl
     rlaifv-fast feedback --prompts prompts.jsonl --candidates run/candidates.jsonl --labeler ./labeler --out run/feedback.jsonl
     rlaifv-fast pairs    --prompts prompts.jsonl --feedback run/feedback.jsonl --out-dir run/
+    rlaifv-fast reflogps --pairs run/pairs.rlaifv.parquet --model ./policy --out run/pairs.ref.parquet
+    rlaifv-fast bon      --prompts prompts.jsonl --policy ./dpo-policy --reference ./policy --out run/bon.jsonl
 
 Every option can also come from a YAML or JSON file given with --config: top-level keys apply to every command, a
 section named after the command overrides them, and flags on the command line override both. Keys are the option
@@ -111,6 +113,42 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--seed", type=int, help="seed of the per-image pair sampling (default 0)")
     pr.add_argument("--no-length-balance", action="store_true", default=None, help="skip length balancing")
     pr.add_argument("--ds-name", help="ds_name column of the RLAIF-V parquet (default rlaifv_fast)")
+
+    rf = sub.add_parser("reflogps", help="score each pair's chosen and rejected once with the frozen reference "
+                        "model; write the pairs with cached reference log-probs (sum, mean, per token)")
+    rf.add_argument("--pairs", help="pairs parquet in the RLAIF-V schema (pairs.rlaifv.parquet from `pairs`)")
+    rf.add_argument("--model", help="reference model folder (the policy at the start of the iteration)")
+    rf.add_argument("--out", help="output parquet: the pairs' columns plus ref_* columns (written atomically)")
+    rf.add_argument("--batch-size", type=int, help="sequences per forward (default 8)")
+    rf.add_argument("--engine-option", type=_engine_option, action="append", metavar="KEY=VALUE",
+                    help="a transformers engine option, repeatable (device, dtype, trust_remote_code, "
+                    "local_files_only, attn_implementation); values are JSON when they parse as JSON")
+    rf.add_argument("--no-progress", action="store_true", default=None, help="hide the progress bar")
+
+    bn = sub.add_parser("bon", help="self-feedback Best-of-N: sample n candidates with the policy and answer with "
+                        "the highest reward beta/T * sum(log pi_policy - log pi_reference)")
+    _add_common(bn)
+    bn.add_argument("--policy", help="the DPO-aligned policy model folder (samples and scores the candidates)")
+    bn.add_argument("--reference", help="the reference model folder (the policy before DPO)")
+    bn.add_argument("--out", help="Best-of-N JSONL, one record per prompt (appended; finished prompts are skipped "
+                    "on re-run); the report goes beside it as <name>.report.json")
+    bn.add_argument("--report", help="report JSON path (default: beside --out)")
+    bn.add_argument("--n", type=int, help="candidates per prompt (default 16)")
+    bn.add_argument("--beta", type=float, help="the policy's DPO beta (default 0.1)")
+    bn.add_argument("--no-length-normalize", action="store_true", default=None,
+                    help="reward beta * sum instead of beta / T * sum (RLAIF-V normalises by the token count)")
+    bn.add_argument("--temperature", type=float, help="sampling temperature (default 0.7)")
+    bn.add_argument("--max-new-tokens", type=int, help="default 512")
+    bn.add_argument("--top-p", type=float, help="default 1.0 (off)")
+    bn.add_argument("--top-k", type=int, help="default 0 (off)")
+    bn.add_argument("--repetition-penalty", type=float, help="default 1.0 (off)")
+    bn.add_argument("--seed", type=int, help="run seed; candidate seeds derive from (seed, prompt id, index); "
+                    "default 0")
+    bn.add_argument("--batch-size", type=int, help="prompts per sampling call (default 4)")
+    bn.add_argument("--score-batch-size", type=int, help="candidate sequences per scoring forward (default 8)")
+    bn.add_argument("--engine-option", type=_engine_option, action="append", metavar="KEY=VALUE",
+                    help="a transformers engine option for both models, repeatable (device, dtype, batch_size, "
+                    "trust_remote_code, local_files_only); values are JSON when they parse as JSON")
     return parser
 
 
@@ -126,7 +164,7 @@ def _load_config(path: str | None, command: str, parser: argparse.ArgumentParser
         data = json.loads(text)
     if not isinstance(data, dict):
         parser.error(f"--config {path}: expected a mapping of option names to values")
-    merged = {k: v for k, v in data.items() if k not in ("generate", "feedback", "pairs")}
+    merged = {k: v for k, v in data.items() if k not in ("generate", "feedback", "pairs", "reflogps", "bon")}
     merged.update(data.get(command) or {})
     return {k.replace("-", "_"): v for k, v in merged.items()}
 
@@ -200,6 +238,33 @@ def main(argv: list[str] | None = None) -> int:
         config = stages.FeedbackConfig(batch_size=args.batch_size or 16, yes_words=args.yes_words or YES_WORDS,
                                        no_words=args.no_words or NO_WORDS, skip_bad=bool(args.skip_bad))
         report = stages.run_feedback(candidates, prompts, divider, labeler, args.out, config, progress=progress)
+    elif args.command == "reflogps":
+        _require(args, parser, "pairs", "model", "out")
+        from .ref_logps import run_ref_logps
+
+        engine = make_engine("hf", args.model, options=dict(args.engine_option or []))
+        report = run_ref_logps(args.pairs, engine, args.out, batch_size=args.batch_size or 8, progress=progress)
+    elif args.command == "bon":
+        _require(args, parser, "prompts", "policy", "reference", "out")
+        from .bon import BoNConfig, run_bon
+
+        decoding = DecodingConfig(
+            temperature=args.temperature if args.temperature is not None else 0.7,
+            max_new_tokens=args.max_new_tokens or 512,
+            top_p=args.top_p if args.top_p is not None else 1.0,
+            top_k=args.top_k or 0,
+            repetition_penalty=args.repetition_penalty or 1.0,
+        )
+        config = BoNConfig(n=args.n or 16, beta=args.beta if args.beta is not None else 0.1,
+                           length_normalize=not args.no_length_normalize, decoding=decoding,
+                           run_seed=args.seed or 0, batch_size=args.batch_size or 4,
+                           score_batch_size=args.score_batch_size or 8, skip_bad=bool(args.skip_bad))
+        prompts = _prompts(args)
+        options = dict(args.engine_option or [])
+        policy = make_engine("hf", args.policy, options=options)
+        # the same folder is loaded once (then every reward is 0 and the first candidate wins)
+        reference = policy if args.reference == args.policy else make_engine("hf", args.reference, options=options)
+        report = run_bon(prompts, policy, reference, args.out, config, report_path=args.report, progress=progress)
     else:
         _require(args, parser, "prompts", "feedback", "out_dir")
         from .pairs import PairConfig
