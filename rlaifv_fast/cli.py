@@ -149,6 +149,51 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--engine-option", type=_engine_option, action="append", metavar="KEY=VALUE",
                     help="a transformers engine option for both models, repeatable (device, dtype, batch_size, "
                     "trust_remote_code, local_files_only); values are JSON when they parse as JSON")
+
+    tr = sub.add_parser("train", help="DPO-train the policy on the reference-annotated pairs (one forward over "
+                        "[chosen; rejected], reference log-probs from the parquet); multi-process with "
+                        "`accelerate launch -m rlaifv_fast.cli train ...`")
+    tr.add_argument("--pairs", help="pairs parquet with reference log-probs (pairs.ref.parquet from `reflogps`)")
+    tr.add_argument("--model", help="policy model folder to train (the model the reference log-probs came from)")
+    tr.add_argument("--output-dir", help="folder for metrics.jsonl, checkpoint-<step>/ and final/")
+    tr.add_argument("--beta", type=float, help="DPO beta, the KL strength (default 0.1)")
+    tr.add_argument("--loss-type", choices=("sigmoid", "ipo", "robust", "hinge"),
+                    help="DPO loss (default sigmoid; ipo uses length-normalised log-probs)")
+    tr.add_argument("--label-smoothing", type=float, help="label smoothing eps of sigmoid / robust, in [0, 0.5) "
+                    "(default 0)")
+    tr.add_argument("--sft-weight", type=float, help="RLAIF-V's w_sft: weight of the SFT term mean(-log pi(chosen)) "
+                    "(default 0)")
+    tr.add_argument("--lr", type=float, help="peak learning rate (default 5e-7, or 1e-5 with --lora)")
+    tr.add_argument("--warmup-ratio", type=float, help="fraction of the steps with linear warmup before the cosine "
+                    "decay (default 0.05)")
+    tr.add_argument("--weight-decay", type=float, help="AdamW weight decay (default 0.01)")
+    tr.add_argument("--max-grad-norm", type=float, help="gradient clipping norm (default 1.0; 0 disables)")
+    tr.add_argument("--epochs", type=int, help="passes over the pairs (default 1)")
+    tr.add_argument("--max-steps", type=int, help="optimiser steps; overrides --epochs")
+    tr.add_argument("--batch-size", type=int, help="pairs per process and micro-step (default 1)")
+    tr.add_argument("--grad-accum", type=int, help="micro-steps per optimiser step (default 1)")
+    tr.add_argument("--max-length", type=int, help="tokens per sequence; longer answers are cut from the right, never "
+                    "the prompt or image (default 2048)")
+    tr.add_argument("--bf16", action="store_true", default=None, help="bfloat16 autocast (GPU)")
+    tr.add_argument("--gradient-checkpointing", action="store_true", default=None,
+                    help="recompute activations in the backward (less memory, ~30%% more compute)")
+    tr.add_argument("--no-freeze-vision-tower", action="store_true", default=None,
+                    help="train the vision encoder too (frozen by default)")
+    tr.add_argument("--lora", action="store_true", default=None, help="train LoRA adapters on the language model "
+                    "instead of all weights (needs peft); final/ holds the merged model")
+    tr.add_argument("--lora-r", type=int, help="LoRA rank (default 64)")
+    tr.add_argument("--lora-alpha", type=int, help="LoRA alpha (default 16)")
+    tr.add_argument("--seed", type=int, help="seed of the data order and initialisation (default 0)")
+    tr.add_argument("--save-every", type=int, help="checkpoint every N optimiser steps (default 0: only at the end)")
+    tr.add_argument("--save-total-limit", type=int, help="keep only the newest N checkpoints")
+    tr.add_argument("--log-every", type=int, help="log metrics every N optimiser steps (default 1)")
+    tr.add_argument("--report-to", action="append", metavar="TRACKER",
+                    help="an accelerate tracker (tensorboard, wandb, ...), repeatable")
+    tr.add_argument("--resume", action="store_true", default=None,
+                    help="continue from the newest checkpoint in --output-dir (model, optimizer, scheduler, RNG)")
+    tr.add_argument("--trust-remote-code", action="store_true", default=None,
+                    help="pass trust_remote_code to transformers")
+    tr.set_defaults(no_progress=None)  # training logs metrics.jsonl, no progress bar
     return parser
 
 
@@ -164,7 +209,7 @@ def _load_config(path: str | None, command: str, parser: argparse.ArgumentParser
         data = json.loads(text)
     if not isinstance(data, dict):
         parser.error(f"--config {path}: expected a mapping of option names to values")
-    merged = {k: v for k, v in data.items() if k not in ("generate", "feedback", "pairs", "reflogps", "bon")}
+    merged = {k: v for k, v in data.items() if k not in ("generate", "feedback", "pairs", "reflogps", "bon", "train")}
     merged.update(data.get(command) or {})
     return {k.replace("-", "_"): v for k, v in merged.items()}
 
@@ -244,6 +289,37 @@ def main(argv: list[str] | None = None) -> int:
 
         engine = make_engine("hf", args.model, options=dict(args.engine_option or []))
         report = run_ref_logps(args.pairs, engine, args.out, batch_size=args.batch_size or 8, progress=progress)
+    elif args.command == "train":
+        _require(args, parser, "pairs", "model", "output_dir")
+        from .train import LoRAConfig, TrainConfig, train_dpo
+
+        lora = None
+        if args.lora:
+            lora = LoRAConfig(r=args.lora_r or 64, alpha=args.lora_alpha or 16)
+        given = {
+            "beta": args.beta, "loss_type": args.loss_type, "label_smoothing": args.label_smoothing,
+            "sft_weight": args.sft_weight, "lr": args.lr, "warmup_ratio": args.warmup_ratio,
+            "weight_decay": args.weight_decay, "epochs": args.epochs, "max_steps": args.max_steps,
+            "per_device_batch_size": args.batch_size, "gradient_accumulation_steps": args.grad_accum,
+            "max_length": args.max_length, "seed": args.seed, "save_every": args.save_every,
+            "save_total_limit": args.save_total_limit, "log_every": args.log_every,
+        }
+        config = TrainConfig(
+            **{k: v for k, v in given.items() if v is not None},
+            max_grad_norm=(args.max_grad_norm or None) if args.max_grad_norm is not None else 1.0,
+            bf16=bool(args.bf16), gradient_checkpointing=bool(args.gradient_checkpointing),
+            freeze_vision_tower=not args.no_freeze_vision_tower, lora=lora,
+            trust_remote_code=bool(args.trust_remote_code), output_dir=args.output_dir,
+            report_to=tuple(args.report_to or ()), resume=bool(args.resume),
+        )
+        result = train_dpo(args.pairs, args.model, config)
+        report = {"stage": "train", "final_dir": result.final_dir, "steps": result.steps,
+                  "truncated": result.truncated, "resumed_from": result.resumed_from,
+                  "last_metrics": result.metrics[-1] if result.metrics else None}
+        from accelerate import PartialState
+
+        if not PartialState().is_main_process:
+            return 0
     elif args.command == "bon":
         _require(args, parser, "prompts", "policy", "reference", "out")
         from .bon import BoNConfig, run_bon
