@@ -194,6 +194,25 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--trust-remote-code", action="store_true", default=None,
                     help="pass trust_remote_code to transformers")
     tr.set_defaults(no_progress=None)  # training logs metrics.jsonl, no progress bar
+
+    lp = sub.add_parser("loop", help="K iterations of generate -> feedback -> pairs -> reflogps -> train, each "
+                        "with the newest policy; resumable at stage granularity")
+    _add_common(lp)
+    lp.add_argument("--model", help="the initial policy folder (also the first iteration's reference)")
+    lp.add_argument("--work-dir", help="folder for every iteration's outputs and loop_state.json")
+    lp.add_argument("--iterations", type=int, help="K (default 4, as in the paper)")
+    lp.add_argument("--labeler", help="a separate labeler model; default: self-feedback (the policy labels)")
+    lp.add_argument("--divider", choices=("rule", "llm"), help="claim splitter (default rule)")
+    lp.add_argument("--engine-option", type=_engine_option, action="append", metavar="KEY=VALUE",
+                    help="a transformers engine option for every model, repeatable (device, dtype, batch_size, ...)")
+    lp.add_argument("--n", type=int, help="candidates per prompt (default 10)")
+    lp.add_argument("--temperature", type=float, help="sampling temperature (default 0.7)")
+    lp.add_argument("--max-new-tokens", type=int, help="default 512")
+    lp.add_argument("--seed", type=int, help="run seed; iteration k samples with seed + k (default 0)")
+    lp.add_argument("--max-pairs-per-prompt", type=int, help="pairs kept per prompt (default 2)")
+    lp.add_argument("--train-option", type=_engine_option, action="append", metavar="KEY=VALUE",
+                    help="a TrainConfig field for every iteration's DPO run (beta, sft_weight, lr, epochs, "
+                    "max_steps, per_device_batch_size, warmup_ratio, ...), repeatable; JSON values")
     return parser
 
 
@@ -209,18 +228,20 @@ def _load_config(path: str | None, command: str, parser: argparse.ArgumentParser
         data = json.loads(text)
     if not isinstance(data, dict):
         parser.error(f"--config {path}: expected a mapping of option names to values")
-    merged = {k: v for k, v in data.items() if k not in ("generate", "feedback", "pairs", "reflogps", "bon", "train")}
+    sections = ("generate", "feedback", "pairs", "reflogps", "bon", "train", "loop")
+    merged = {k: v for k, v in data.items() if k not in sections}
     merged.update(data.get(command) or {})
     return {k.replace("-", "_"): v for k, v in merged.items()}
 
 
 def _apply_config(args: argparse.Namespace, config: dict[str, Any], parser: argparse.ArgumentParser) -> None:
     for key, value in config.items():
-        target = {"engine_options": "engine_option", "divider_engine_options": "divider_engine_option"}.get(key, key)
+        target = {"engine_options": "engine_option", "divider_engine_options": "divider_engine_option",
+                  "train_options": "train_option"}.get(key, key)
         if not hasattr(args, target):
             parser.error(f"--config: unknown option {key!r} for `{args.command}`")
         if getattr(args, target) is None:
-            if target.endswith("engine_option") and isinstance(value, dict):
+            if target.endswith("_option") and isinstance(value, dict):
                 value = list(value.items())
             setattr(args, target, value)
 
@@ -320,6 +341,30 @@ def main(argv: list[str] | None = None) -> int:
 
         if not PartialState().is_main_process:
             return 0
+    elif args.command == "loop":
+        _require(args, parser, "prompts", "model", "work_dir")
+        from .loop import LoopConfig, run_loop
+        from .pairs import PairConfig
+        from .train import TrainConfig
+
+        decoding = DecodingConfig(temperature=args.temperature if args.temperature is not None else 0.7,
+                                  max_new_tokens=args.max_new_tokens or 512)
+        train_fields = dict(args.train_option or [])
+        unknown = sorted(set(train_fields) - {f.name for f in dataclasses.fields(TrainConfig)})
+        if unknown:
+            parser.error(f"--train-option: unknown TrainConfig field(s) {unknown}")
+        config = LoopConfig(
+            work_dir=args.work_dir, iterations=args.iterations or 4, labeler=args.labeler,
+            divider=args.divider or "rule", engine_options=dict(args.engine_option or []),
+            generate=stages.GenerateConfig(n=args.n or 10, decoding=decoding, run_seed=args.seed or 0,
+                                           skip_bad=bool(args.skip_bad)),
+            feedback=stages.FeedbackConfig(skip_bad=bool(args.skip_bad)),
+            pairs=PairConfig(max_pairs_per_prompt=args.max_pairs_per_prompt if args.max_pairs_per_prompt is not None
+                             else 2, seed=args.seed or 0),
+            train=TrainConfig(**train_fields), progress=progress,
+        )
+        result = run_loop(_prompts(args), args.model, config)
+        report = {"stage": "loop", "final_policy": result.policy, "iterations": result.iterations}
     elif args.command == "bon":
         _require(args, parser, "prompts", "policy", "reference", "out")
         from .bon import BoNConfig, run_bon
