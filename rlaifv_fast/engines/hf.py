@@ -30,7 +30,6 @@ from ..images import ImageInput, load_image
 from ..seeds import candidate_seed
 from .base import NO_WORDS, YES_NO_SUFFIX, YES_WORDS, DecodingConfig, Sample, SampleRequest, YesNoRequest, YesNoResult
 from .prompting import ChatPrompts
-from .token_sets import resolve_token_ids
 
 # Model types whose prompts use plain 1-D positions and full-attention caches: the prefix-sharing path and explicit
 # position ids are used only for these (others take the plain path, positions computed by the model).
@@ -259,7 +258,6 @@ class HFEngine:
         self._backbone = backbone if isinstance(backbone, torch.nn.Module) else self.model.base_model
         params = inspect.signature(self._backbone.forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
-        self._token_set_cache: dict[tuple, tuple[list[int], list[int]]] = {}
         self._warned_no_sharing = False
 
     # ------------------------------------------------------------------ prompts
@@ -454,15 +452,7 @@ class HFEngine:
     # ------------------------------------------------------------------ yes / no
     def token_sets(self, yes_words: Sequence[str] = YES_WORDS, no_words: Sequence[str] = NO_WORDS):
         """(yes ids, no ids) for this tokenizer (cached)."""
-        key = (tuple(yes_words), tuple(no_words))
-        if key not in self._token_set_cache:
-            yes = resolve_token_ids(self.tokenizer, yes_words)
-            no = resolve_token_ids(self.tokenizer, no_words)
-            both = set(yes) & set(no)
-            if both:
-                raise ValueError(f"yes words {yes_words!r} and no words {no_words!r} share token ids {sorted(both)}")
-            self._token_set_cache[key] = (yes, no)
-        return self._token_set_cache[key]
+        return self.prompts.yes_no_ids(yes_words, no_words)
 
     def yes_no(
         self,

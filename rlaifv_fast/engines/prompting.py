@@ -4,7 +4,10 @@ send token-for-token the same prompts."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import Any
+
+from .token_sets import resolve_token_ids
 
 
 @dataclasses.dataclass
@@ -16,6 +19,7 @@ class ChatPrompts:
     processor: Any | None
     chat: Any
     model_name: str
+    _token_sets: dict = dataclasses.field(default_factory=dict, repr=False)
 
     @property
     def multimodal(self) -> bool:
@@ -57,3 +61,15 @@ class ChatPrompts:
         """Whether tokenizing `text` should add special tokens: not when the template already starts with BOS."""
         bos = self.tokenizer.bos_token
         return not (bos and text.startswith(bos))
+
+    def yes_no_ids(self, yes_words: Sequence[str], no_words: Sequence[str]) -> tuple[list[int], list[int]]:
+        """(yes ids, no ids) for this tokenizer (resolved once per word lists); the sets must not overlap."""
+        key = (tuple(yes_words), tuple(no_words))
+        if key not in self._token_sets:
+            yes = resolve_token_ids(self.tokenizer, yes_words)
+            no = resolve_token_ids(self.tokenizer, no_words)
+            both = set(yes) & set(no)
+            if both:
+                raise ValueError(f"yes words {yes_words!r} and no words {no_words!r} share token ids {sorted(both)}")
+            self._token_sets[key] = (yes, no)
+        return self._token_sets[key]

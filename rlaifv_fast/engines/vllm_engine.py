@@ -70,7 +70,6 @@ from ..images import load_image
 from ..seeds import candidate_seed
 from .base import NO_WORDS, YES_NO_SUFFIX, YES_WORDS, DecodingConfig, Sample, SampleRequest, YesNoRequest, YesNoResult
 from .prompting import ChatPrompts
-from .token_sets import resolve_token_ids
 
 _GiB = 1 << 30
 
@@ -131,7 +130,6 @@ class VLLMEngine:
         self.options = options
         self.llm_kwargs = default_options(options, cpu=current_platform.is_cpu())
         self._load_processor()  # before the (slow) engine start: a model without a chat template fails fast
-        self._token_set_cache: dict[tuple, tuple[list[int], list[int]]] = {}
         self._SamplingParams = vllm.SamplingParams
         # SamplingParams.logprob_token_ids: the log-probs of chosen token ids (present in vLLM 0.32)
         self._has_token_ids = hasattr(vllm.SamplingParams(), "logprob_token_ids")
@@ -257,16 +255,8 @@ class VLLMEngine:
 
     # ------------------------------------------------------------------ yes / no
     def token_sets(self, yes_words: Sequence[str] = YES_WORDS, no_words: Sequence[str] = NO_WORDS):
-        """(yes ids, no ids) for this tokenizer (cached; the same rule as HFEngine)."""
-        key = (tuple(yes_words), tuple(no_words))
-        if key not in self._token_set_cache:
-            yes = resolve_token_ids(self.tokenizer, yes_words)
-            no = resolve_token_ids(self.tokenizer, no_words)
-            both = set(yes) & set(no)
-            if both:
-                raise ValueError(f"yes words {yes_words!r} and no words {no_words!r} share token ids {sorted(both)}")
-            self._token_set_cache[key] = (yes, no)
-        return self._token_set_cache[key]
+        """(yes ids, no ids) for this tokenizer (cached)."""
+        return self.prompts.yes_no_ids(yes_words, no_words)
 
     def _yes_no_params(self, ids: list[int]):
         mode = self.llm_kwargs.get("logprobs_mode", "raw_logprobs")
