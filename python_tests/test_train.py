@@ -224,3 +224,32 @@ def test_text_only_causal_lm(tiny_llama, tmp_path):  # noqa: F811
                                    output_dir=str(tmp_path / "run")))
     assert result.metrics[0]["loss"] == pytest.approx(math.log(2), abs=1e-5)
     assert result.metrics[1]["loss"] != pytest.approx(math.log(2), abs=1e-5)
+
+
+def test_lm_head_chunked_path_equals_the_logits_path(tiny_llava, tmp_path):  # noqa: F811
+    """The chunked LM-head path (no full logits) trains exactly like the logits path."""
+    import torch
+    from rlaifv_fast.ops import sequence_logps
+    from rlaifv_fast.scoring import Triple, collate, encode_triples
+    from rlaifv_fast.engines.hf import HFEngine
+    from rlaifv_fast.train import _policy_logps
+    from fixtures_tiny import make_images
+
+    engine = HFEngine(tiny_llava, dtype="float32")
+    image = make_images(1)[0]
+    triples = [Triple(image, "Describe the image.", t) for t in
+               ["there is a red circle .", "there is a blue square and a green triangle .", "no", "yes yes yes ."]]
+    batch = collate(engine, encode_triples(engine, triples))
+    model = engine.model
+    grads = {}
+    for path in ("logits", "lm_head_chunked"):
+        model.zero_grad(set_to_none=True)
+        g = torch.tensor([1.0, -2.0, 0.5, 3.0])
+        logps = _policy_logps(model, batch, ipo=False, path=path, chunk_rows=1)
+        (logps * g).sum().backward()
+        grads[path] = (logps.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    (a, ga), (b, gb) = grads["logits"], grads["lm_head_chunked"]
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert ga.keys() == gb.keys()
+    for name in ga:
+        torch.testing.assert_close(ga[name], gb[name], rtol=1e-4, atol=1e-6, msg=name)

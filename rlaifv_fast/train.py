@@ -76,6 +76,9 @@ class TrainConfig:
         gradient_accumulation_steps micro-steps per optimiser step; global batch = their product x processes.
     max_length: tokens per sequence (prompt + image tokens + response + EOS); longer sequences lose response tokens
         from the right, never prompt or image tokens (counted in TrainResult.truncated).
+    Log-probs: logps_path "logits" (the model's logits from the first response position, then sequence_logps) or
+        "lm_head_chunked" (hidden states, then the LM head per chunk of logps_chunk_rows sequences under activation
+        checkpointing: the full (2P, T, V) logits never exist).
     Model: bf16 (autocast; off by default, as on CPU), gradient_checkpointing, freeze_vision_tower (vision encoder
         requires_grad False), lora (a LoRAConfig, or None for full fine-tuning; needs `peft`), trust_remote_code.
     Run: seed (data order, LoRA init), output_dir, save_every (checkpoint every N optimiser steps; 0: only the last
@@ -101,6 +104,8 @@ class TrainConfig:
     max_length: int = 2048
     bf16: bool = False
     gradient_checkpointing: bool = False
+    logps_path: str = "logits"
+    logps_chunk_rows: int = 1
     freeze_vision_tower: bool = True
     lora: LoRAConfig | None = None
     trust_remote_code: bool = False
@@ -114,6 +119,10 @@ class TrainConfig:
 
     def __post_init__(self):
         self.dpo  # validates beta, loss_type and label_smoothing
+        if self.logps_path not in LOGPS_PATHS:
+            raise ValueError(f"TrainConfig.logps_path must be one of {LOGPS_PATHS}, got {self.logps_path!r}")
+        if int(self.logps_chunk_rows) < 1:
+            raise ValueError(f"TrainConfig.logps_chunk_rows must be >= 1, got {self.logps_chunk_rows}")
         for name in ("epochs", "per_device_batch_size", "gradient_accumulation_steps", "max_length", "log_every"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
@@ -272,13 +281,43 @@ def _optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optim
                              betas=tuple(config.adam_betas), eps=config.adam_eps)
 
 
-def _policy_logps(model, batch, *, ipo: bool) -> torch.Tensor:
-    """Per-sequence log-probs of the [chosen; rejected] batch: one forward, logits from the shortest prompt on."""
+LOGPS_PATHS = ("logits", "lm_head_chunked")
+
+
+def _policy_logps(model, batch, *, ipo: bool, path: str = "logits", chunk_rows: int = 1) -> torch.Tensor:
+    """Per-sequence log-probs of the [chosen; rejected] batch: one forward, logits from the shortest prompt on.
+
+    path "logits": the model's logits (B, T', V) then sequence_logps. path "lm_head_chunked": the model returns its
+    last hidden states (and one position of logits), and the LM head runs per chunk of `chunk_rows` sequences under
+    activation checkpointing, so at most (chunk_rows, T', V) logits exist at any time, in the forward and in the
+    backward (which recomputes them); the lm_head-fused kernel of a later release replaces this path."""
     T = batch.labels.shape[1]
-    out = model(**batch.inputs, use_cache=False, logits_to_keep=T - batch.offset)
     labels = batch.labels[:, batch.offset :]
-    # The logits are read by nothing after the op: its backward may overwrite them with their gradient.
-    return sequence_logps(out.logits, labels, shift=True, average=ipo, inplace_backward=True).logps
+    if path == "logits":
+        out = model(**batch.inputs, use_cache=False, logits_to_keep=T - batch.offset)
+        # The logits are read by nothing after the op: its backward may overwrite them with their gradient.
+        return sequence_logps(out.logits, labels, shift=True, average=ipo, inplace_backward=True).logps
+    # Through the (possibly DDP-wrapped) model's own forward, so distributed hooks see every parameter use.
+    out = model(**batch.inputs, use_cache=False, logits_to_keep=1, output_hidden_states=True)
+    hidden = out.hidden_states[-1][:, batch.offset :]
+    head = _unwrap(model).get_output_embeddings()
+
+    def chunk_logps(h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        logits = torch.nn.functional.linear(h, head.weight, head.bias)
+        return sequence_logps(logits, y, shift=True, average=ipo, inplace_backward=True).logps
+
+    parts = [
+        torch.utils.checkpoint.checkpoint(chunk_logps, hidden[i : i + chunk_rows], labels[i : i + chunk_rows],
+                                          use_reentrant=False)
+        for i in range(0, hidden.shape[0], chunk_rows)
+    ]
+    return torch.cat(parts)
+
+
+def _unwrap(model):
+    while hasattr(model, "module"):
+        model = model.module
+    return model
 
 
 # ------------------------------------------------------------------------------------------------- checkpoints
@@ -420,7 +459,8 @@ def train_dpo(
                     with accelerator.autocast():
                         rows = index.tolist()
                         encoded, ref_c, ref_r = data.encode(rows)
-                        logps = _policy_logps(model, collate(engine, encoded), ipo=ipo)
+                        logps = _policy_logps(model, collate(engine, encoded), ipo=ipo, path=config.logps_path,
+                                              chunk_rows=int(config.logps_chunk_rows))
                     pi_c, pi_r = logps.float().chunk(2)
                     ref_c = torch.tensor(ref_c, dtype=pi_c.dtype, device=pi_c.device)
                     ref_r = torch.tensor(ref_r, dtype=pi_c.dtype, device=pi_c.device)
