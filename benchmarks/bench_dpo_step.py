@@ -5,6 +5,8 @@ Each step: [chosen; rejected] in one forward (backbone + LM head from the first 
 log-probs, the DPO loss (sigmoid, beta 0.1) against cached reference log-probs, backward, AdamW step.
   ours         rlaifv_fast.sequence_logps (fused forward; backward writes the logit gradient once)
   ours-inplace the same with inplace_backward=True (the gradient overwrites the logits buffer)
+  ours-lm-head-chunked  the trainer's lm_head_chunked path: hidden states, then the LM head and sequence_logps
+               one sequence at a time under activation checkpointing (the full logits never exist)
   plain        rlaifv_fast.ops.reference.sequence_logps_reference (fp32 log_softmax + gather, autograd)
 Each variant runs in a fresh process; time = median step after one warm-up step; memory = peak RSS growth during the
 timed steps over the resident size after the warm-up (what the step itself needs beyond the model, optimiser state
@@ -26,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-VARIANTS = ("plain", "ours", "ours-inplace")
+VARIANTS = ("plain", "ours", "ours-inplace", "ours-lm-head-chunked")
 
 
 def _rss_kib(key: str) -> int:
@@ -65,6 +67,16 @@ def child(args) -> dict:
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
 
     def step():
+        if args.variant == "ours-lm-head-chunked":
+            from rlaifv_fast.train import _policy_logps
+
+            logps = _policy_logps(model, batch, ipo=False, path="lm_head_chunked", chunk_rows=1)
+            P = args.pairs
+            loss = rlaifv_fast.dpo_loss(logps[:P], logps[P:], ref[:P], ref[P:]).loss
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            return float(loss)
         out = engine._backbone_call(**batch.inputs, use_cache=False)
         logits = engine._head(out.last_hidden_state[:, batch.offset :])
         labels = batch.labels[:, batch.offset :]
