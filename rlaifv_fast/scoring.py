@@ -126,11 +126,31 @@ def encode_triples(
             EncodedResponse(
                 input_ids=list(prompt_ids) + response_ids,
                 labels=[IGNORE_INDEX] * len(prompt_ids) + response_ids,
-                image_inputs=mm,
+                image_inputs=_extend_per_token(mm, len(prompt_ids), len(response_ids)),
                 prompt_len=len(prompt_ids),
             )
         )
     return out
+
+
+def _extend_per_token(mm: dict | None, prompt_len: int, extra: int) -> dict | None:
+    """Per-token processor outputs (e.g. Qwen2-VL's mm_token_type_ids) cover the prompt only: extend them over the
+    response tokens with zeros (0 = text)."""
+    keys = _per_token_keys(mm, prompt_len) if mm else []
+    if not keys or extra == 0:
+        return mm
+    mm = dict(mm)
+    for k in keys:
+        mm[k] = torch.cat([mm[k], mm[k].new_zeros((mm[k].shape[0], extra))], dim=1)
+    return mm
+
+
+def cut_per_token(mm: dict | None, full_len: int, keep: int) -> dict | None:
+    """Per-token processor outputs cut to the first `keep` tokens (when a sequence of `full_len` is truncated)."""
+    keys = _per_token_keys(mm, full_len) if mm else []
+    if not keys:
+        return mm
+    return {k: (v[:, :keep] if k in keys else v) for k, v in mm.items()}
 
 
 def collate(engine: HFEngine, encoded: Sequence[EncodedResponse]) -> ScoringBatch:

@@ -40,7 +40,7 @@ from typing import Any
 import torch
 
 from .ops import DPOConfig, DPOLossType, dpo_loss, sequence_logps
-from .scoring import EncodedResponse, Triple, collate, encode_triples
+from .scoring import EncodedResponse, Triple, collate, cut_per_token, encode_triples
 from .store import atomic_path
 
 # Submodules of a VLM that encode images (frozen by default, never LoRA targets).
@@ -240,7 +240,9 @@ def _truncate(enc: EncodedResponse, max_length: int) -> tuple[EncodedResponse, b
     keep = max(max_length, enc.prompt_len + 1)
     if keep >= len(enc.input_ids):
         return enc, False
-    return dataclasses.replace(enc, input_ids=enc.input_ids[:keep], labels=enc.labels[:keep]), True
+    image_inputs = cut_per_token(enc.image_inputs, len(enc.input_ids), keep)
+    return dataclasses.replace(enc, input_ids=enc.input_ids[:keep], labels=enc.labels[:keep],
+                               image_inputs=image_inputs), True
 
 
 # ---------------------------------------------------------------------------------------------------- the model
