@@ -1,0 +1,41 @@
+"""A synthetic shapes world with exact ground truth, for measuring and fixing learned co-occurrence hallucinations."""
+
+from .world import (
+    PALETTE,
+    SHAPES,
+    SPLITS,
+    Scene,
+    SceneObject,
+    ShapesWorldConfig,
+    biased_description,
+    describe,
+    make_scene,
+    make_split,
+    mentioned_objects,
+    polar_questions,
+    question,
+    render,
+    sample_scene,
+    scene_rng,
+    sentence,
+)
+
+__all__ = [
+    "PALETTE",
+    "SHAPES",
+    "SPLITS",
+    "Scene",
+    "SceneObject",
+    "ShapesWorldConfig",
+    "biased_description",
+    "describe",
+    "make_scene",
+    "make_split",
+    "mentioned_objects",
+    "polar_questions",
+    "question",
+    "render",
+    "sample_scene",
+    "scene_rng",
+    "sentence",
+]
