@@ -111,7 +111,7 @@ def _refuse_zero3() -> None:
     from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 
     if is_deepspeed_zero3_enabled():
-        raise NotImplementedError(
+        raise ValueError(
             "rlaifv_fast's fused DPO log-probs do not support DeepSpeed ZeRO-3 (the sharded lm_head would have to "
             "stay gathered until the backward); use TRL's own DPOTrainer there"
         )
