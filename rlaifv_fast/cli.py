@@ -70,6 +70,21 @@ def _add_engine(p: argparse.ArgumentParser, prefix: str = "") -> None:
                    "(tensor_parallel_size, data_parallel_size, gpu_memory_utilization, max_model_len, dtype, ...)")
 
 
+def _add_decoding(p: argparse.ArgumentParser) -> None:
+    """The one decoding setting every candidate shares (deconfounded sampling)."""
+    p.add_argument("--temperature", type=float, help="sampling temperature (default 0.7)")
+    p.add_argument("--max-new-tokens", type=int, help="default 512")
+    p.add_argument("--top-p", type=float, help="default 1.0 (off)")
+    p.add_argument("--top-k", type=int, help="default 0 (off)")
+    p.add_argument("--repetition-penalty", type=float, help="default 1.0 (off)")
+
+
+def _decoding(args: argparse.Namespace) -> DecodingConfig:
+    given = {"temperature": args.temperature, "max_new_tokens": args.max_new_tokens, "top_p": args.top_p,
+             "top_k": args.top_k, "repetition_penalty": args.repetition_penalty}
+    return DecodingConfig(**{k: v for k, v in given.items() if v is not None})
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rlaifv-fast", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -82,11 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_engine(g)
     g.add_argument("--out", help="candidates JSONL (appended; finished candidates are skipped on re-run)")
     g.add_argument("--n", type=int, help="candidates per prompt (default 10)")
-    g.add_argument("--temperature", type=float, help="sampling temperature (default 0.7)")
-    g.add_argument("--max-new-tokens", type=int, help="default 512")
-    g.add_argument("--top-p", type=float, help="default 1.0 (off)")
-    g.add_argument("--top-k", type=int, help="default 0 (off)")
-    g.add_argument("--repetition-penalty", type=float, help="default 1.0 (off)")
+    _add_decoding(g)
     g.add_argument("--seed", type=int, help="run seed; candidate seeds derive from (seed, prompt id, index); default 0")
     g.add_argument("--batch-size", type=int, help="prompts per engine call (default 8)")
 
@@ -137,11 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--beta", type=float, help="the policy's DPO beta (default 0.1)")
     bn.add_argument("--no-length-normalize", action="store_true", default=None,
                     help="reward beta * sum instead of beta / T * sum (RLAIF-V normalises by the token count)")
-    bn.add_argument("--temperature", type=float, help="sampling temperature (default 0.7)")
-    bn.add_argument("--max-new-tokens", type=int, help="default 512")
-    bn.add_argument("--top-p", type=float, help="default 1.0 (off)")
-    bn.add_argument("--top-k", type=int, help="default 0 (off)")
-    bn.add_argument("--repetition-penalty", type=float, help="default 1.0 (off)")
+    _add_decoding(bn)
     bn.add_argument("--seed", type=int, help="run seed; candidate seeds derive from (seed, prompt id, index); "
                     "default 0")
     bn.add_argument("--batch-size", type=int, help="prompts per sampling call (default 4)")
@@ -210,8 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     lp.add_argument("--engine-option", type=_engine_option, action="append", metavar="KEY=VALUE",
                     help="a transformers engine option for every model, repeatable (device, dtype, batch_size, ...)")
     lp.add_argument("--n", type=int, help="candidates per prompt (default 10)")
-    lp.add_argument("--temperature", type=float, help="sampling temperature (default 0.7)")
-    lp.add_argument("--max-new-tokens", type=int, help="default 512")
+    _add_decoding(lp)
     lp.add_argument("--seed", type=int, help="run seed; iteration k samples with seed + k (default 0)")
     lp.add_argument("--max-pairs-per-prompt", type=int, help="pairs kept per prompt (default 2)")
     lp.add_argument("--train-option", type=_engine_option, action="append", metavar="KEY=VALUE",
@@ -278,13 +284,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "generate":
         _require(args, parser, "prompts", "model", "out")
-        decoding = DecodingConfig(
-            temperature=args.temperature if args.temperature is not None else 0.7,
-            max_new_tokens=args.max_new_tokens or 512,
-            top_p=args.top_p if args.top_p is not None else 1.0,
-            top_k=args.top_k or 0,
-            repetition_penalty=args.repetition_penalty or 1.0,
-        )
+        decoding = _decoding(args)
         config = stages.GenerateConfig(n=args.n or 10, decoding=decoding, run_seed=args.seed or 0,
                                        batch_size=args.batch_size or 8, skip_bad=bool(args.skip_bad))
         prompts = _prompts(args)
@@ -352,8 +352,7 @@ def main(argv: list[str] | None = None) -> int:
         from .pairs import PairConfig
         from .train import TrainConfig
 
-        decoding = DecodingConfig(temperature=args.temperature if args.temperature is not None else 0.7,
-                                  max_new_tokens=args.max_new_tokens or 512)
+        decoding = _decoding(args)
         train_fields = dict(args.train_option or [])
         unknown = sorted(set(train_fields) - {f.name for f in dataclasses.fields(TrainConfig)})
         if unknown:
@@ -374,13 +373,7 @@ def main(argv: list[str] | None = None) -> int:
         _require(args, parser, "prompts", "policy", "reference", "out")
         from .bon import BoNConfig, run_bon
 
-        decoding = DecodingConfig(
-            temperature=args.temperature if args.temperature is not None else 0.7,
-            max_new_tokens=args.max_new_tokens or 512,
-            top_p=args.top_p if args.top_p is not None else 1.0,
-            top_k=args.top_k or 0,
-            repetition_penalty=args.repetition_penalty or 1.0,
-        )
+        decoding = _decoding(args)
         config = BoNConfig(n=args.n or 16, beta=args.beta if args.beta is not None else 0.1,
                            length_normalize=not args.no_length_normalize, decoding=decoding,
                            run_seed=args.seed or 0, batch_size=args.batch_size or 4,
