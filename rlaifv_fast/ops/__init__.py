@@ -4,6 +4,7 @@ torch.library custom ops with fake implementations, so torch.compile traces them
 
 from .bon_rewards import BoNRewards, bon_rewards
 from .dpo_loss import DPOConfig, DPOLossType, DPOOutput, dpo_loss, dpo_loss_from_logits
+from .linear_logps import linear_bon_rewards, linear_sequence_logps, linear_yes_no_logprobs
 from .sequence_logps import SequenceLogps, sequence_logps
 from .yes_no import ResponseScores, YesNo, response_scores, yes_no_logprobs
 
@@ -18,6 +19,9 @@ __all__ = [
     "bon_rewards",
     "dpo_loss",
     "dpo_loss_from_logits",
+    "linear_bon_rewards",
+    "linear_sequence_logps",
+    "linear_yes_no_logprobs",
     "response_scores",
     "sequence_logps",
     "yes_no_logprobs",

@@ -2,12 +2,18 @@
 the build has them, the pure-PyTorch reference elsewhere (with a one-time warning). Every op's custom-op body calls
 these functions; nothing else touches ``rlaifv_fast._C``.
 
+Op 4 (lm_head-fused log-probs) has its own two backends, chosen here too (see ``linear_backend_for``): the Triton
+kernels of ``rlaifv_fast.ops.triton.linear_logps`` for CUDA tensors, and the chunked path of
+``rlaifv_fast.ops.linear_chunked`` (bounded logits chunks through the op-1 kernels above) everywhere else.
+
 Outputs are of the accumulation dtype: float32, or float64 for float64 logits.
 """
 
 from __future__ import annotations
 
+import contextlib
 import enum
+import os
 import warnings
 
 import torch
@@ -236,3 +242,149 @@ def yes_no(
     with torch.cuda.device(logits.device):
         C.cuda_yes_no_logprobs(*args, err.data_ptr(), _native.cuda_stream(logits.device))
     return out_yes, out_no, _read_error(err)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# op 4: lm_head-fused log-probs from hidden states
+
+
+class LinearBackend(enum.Enum):
+    TRITON = "triton"  # rlaifv_fast.ops.triton.linear_logps: tiles of h W^T on chip, never the (N, V) logits
+    CHUNKED = "chunked"  # rlaifv_fast.ops.linear_chunked: bounded logits chunks through the op-1 kernels
+
+
+LINEAR_BACKEND_ENV = "RLAIFV_FAST_LINEAR_BACKEND"
+"""The explicit switch, read at every call: "auto" (default), "triton" or "chunked". "triton" on CPU tensors runs the
+kernels in Triton's interpreter and needs TRITON_INTERPRET=1 in the environment before the first op-4 call imports
+the kernels (the CI tests use this, in a child process); "chunked" forces the chunked path on CUDA too."""
+
+_triton_module = None
+
+
+def _triton_linear():
+    """The Triton kernels module, imported on first use (None when triton is not importable)."""
+    global _triton_module
+    if _triton_module is None:
+        try:
+            from .triton import linear_logps as module
+        except ImportError:
+            module = False
+        _triton_module = module
+    return _triton_module or None
+
+
+def linear_backend_for(device: torch.device, dtype: torch.dtype) -> LinearBackend:
+    """auto: Triton for CUDA tensors of fp32/bf16/fp16 when triton imports, the chunked path otherwise (CPU, fp64,
+    no triton). RLAIFV_FAST_LINEAR_BACKEND overrides it (see LINEAR_BACKEND_ENV)."""
+    choice = os.environ.get(LINEAR_BACKEND_ENV, "auto").strip().lower() or "auto"
+    if choice not in ("auto", "triton", "chunked"):
+        raise ValueError(f"{LINEAR_BACKEND_ENV}={choice!r}: expected auto, triton or chunked")
+    if choice == "chunked":
+        return LinearBackend.CHUNKED
+    if choice == "triton":
+        if dtype == torch.float64:
+            raise ValueError(f"{LINEAR_BACKEND_ENV}=triton: the Triton kernels take fp32/bf16/fp16, not float64")
+        if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+            raise RuntimeError(
+                f"{LINEAR_BACKEND_ENV}=triton on {device.type} tensors needs TRITON_INTERPRET=1, set before the "
+                "kernels are first imported"
+            )
+        if _triton_linear() is None:
+            raise RuntimeError(f"{LINEAR_BACKEND_ENV}=triton but triton is not importable")
+        return LinearBackend.TRITON
+    if device.type == "cuda" and dtype != torch.float64 and _triton_linear() is not None:
+        return LinearBackend.TRITON
+    return LinearBackend.CHUNKED
+
+
+def _on_device(device: torch.device):
+    """Triton launches on the current CUDA device: make it the tensors' one."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
+def _linear_impl(backend: LinearBackend):
+    if backend is LinearBackend.TRITON:
+        return _triton_linear()
+    from . import linear_chunked
+
+    return linear_chunked
+
+
+def linear_token_logps(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    labels: torch.Tensor,
+    ignore_index: int,
+    shift: bool,
+    temperature: float,
+) -> tuple[torch.Tensor | None, torch.Tensor | None, int | None]:
+    """(per-token log-probs, per-token lse) on the label grid (B, T') of hidden (B, T, H) @ weight.T (+ bias), and
+    None; or (None, None, the first invalid flat position)."""
+    h, y = _shifted(hidden, labels, shift)
+    B, T, _ = h.shape
+    backend = linear_backend_for(h.device, h.dtype)
+    if B * T == 0:
+        empty = torch.zeros((B, T), dtype=acc_dtype(h.dtype), device=h.device)
+        return empty, empty.clone(), None
+    if backend is LinearBackend.CHUNKED:
+        return _linear_impl(backend).token_logps(h, weight, bias, y, ignore_index, temperature)
+    with _on_device(h.device):
+        tok, lse = _triton_linear().token_logps(h, weight, bias, y, ignore_index, temperature)
+    bad = (y != ignore_index) & ((y < 0) | (y >= weight.shape[0]))
+    if bool(bad.any()):  # the one host sync, after the launches (the kernels never read out of bounds)
+        return None, None, int(bad.reshape(-1).nonzero()[0])
+    return tok, lse, None
+
+
+def linear_token_logps_backward(
+    grad: torch.Tensor,
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    labels: torch.Tensor,
+    lse: torch.Tensor,
+    ignore_index: int,
+    shift: bool,
+    temperature: float,
+    need: tuple[bool, bool, bool],
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """Gradients of sum_t grad[b,t] * logp[b,t] for (hidden, weight, bias), each in its input's dtype and shape, or
+    None where `need` says it is not wanted."""
+    need_dh, need_dw, need_db = need[0], need[1], need[2] and bias is not None
+    h, y = _shifted(hidden, labels, shift)
+    backend = linear_backend_for(h.device, h.dtype)
+    with _on_device(h.device):
+        dh, dw, db = _linear_impl(backend).token_logps_backward(
+            grad, h, weight, bias, y, lse, ignore_index, temperature, need_dh, need_dw, need_db
+        )
+    if need_dh:
+        if shift:
+            full = torch.zeros(hidden.shape, dtype=hidden.dtype, device=hidden.device)
+            full[:, :-1] = dh
+            dh = full
+        else:
+            dh = dh.to(hidden.dtype)
+    return dh, dw.to(weight.dtype) if need_dw else None, db.to(bias.dtype) if need_db else None
+
+
+def linear_yes_no(
+    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, yes_ids: torch.Tensor, no_ids: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log P(yes-set), log P(no-set)) over the full vocabulary for (B, H) hidden states."""
+    backend = linear_backend_for(hidden.device, hidden.dtype)
+    acc = acc_dtype(hidden.dtype)
+    if hidden.shape[0] == 0:
+        empty = torch.empty((0,), dtype=acc, device=hidden.device)
+        return empty, empty.clone()
+    with _on_device(hidden.device):
+        lse = _linear_impl(backend).row_lse(hidden, weight, bias).to(acc)
+
+    def set_lse(ids: torch.Tensor) -> torch.Tensor:
+        # the few columns of the set, exactly: (B, k) logits from the k weight rows, upcast
+        z = hidden.to(acc) @ weight[ids].to(acc).T
+        if bias is not None:
+            z = z + bias[ids].to(acc)
+        return torch.logsumexp(z, dim=1)
+
+    return set_lse(yes_ids) - lse, set_lse(no_ids) - lse
