@@ -37,12 +37,21 @@ _MAX_SPLITS = 64
 
 
 @triton.jit
+def _dot(a, b, acc, DOT_FP32: tl.constexpr):
+    """acc + a @ b with fp32 accumulation: IEEE fp32 products when DOT_FP32 (fp32 inputs: never TF32), else the
+    inputs' own tensor-core dot."""
+    if DOT_FP32:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+    return tl.dot(a, b.to(a.dtype), acc)
+
+
+@triton.jit
 def _forward_kernel(
     h_ptr, row_off_ptr, count_ptr, stride_hh,
     w_ptr, stride_wv, stride_wh, b_ptr,
     y_ptr, part_m_ptr, part_s_ptr, label_z_ptr,
     H, V, v_per_split, num_splits, inv_tau,
-    HAS_BIAS: tl.constexpr, WITH_LABELS: tl.constexpr, IEEE: tl.constexpr,
+    HAS_BIAS: tl.constexpr, WITH_LABELS: tl.constexpr, DOT_FP32: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
@@ -70,10 +79,7 @@ def _forward_kernel(
             h = tl.load(h_ptr + h_off[:, None] + ks[None, :] * stride_hh, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
             w = tl.load(w_ptr + vs[:, None] * stride_wv + ks[None, :] * stride_wh, mask=v_ok[:, None] & k_ok[None, :],
                         other=0.0)
-            if IEEE:
-                z = tl.dot(h, tl.trans(w), z, input_precision="ieee")
-            else:
-                z = tl.dot(h, tl.trans(w), z)
+            z = _dot(h, tl.trans(w), z, DOT_FP32)
         if HAS_BIAS:
             z += tl.load(b_ptr + vs, mask=v_ok, other=0.0).to(tl.float32)[None, :]
         z = tl.where(v_ok[None, :], z * inv_tau, float("-inf"))
@@ -109,7 +115,7 @@ def _backward_kernel(
     dh_ptr, dw_ptr, db_ptr,
     H, V, inv_tau,
     HAS_BIAS: tl.constexpr, NEED_DH: tl.constexpr, NEED_DW: tl.constexpr, NEED_DB: tl.constexpr,
-    IEEE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr,
+    DOT_FP32: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
     pid_v = tl.program_id(1)
@@ -130,10 +136,7 @@ def _backward_kernel(
         h = tl.load(h_ptr + h_off[:, None] + ks[None, :] * stride_hh, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
         w = tl.load(w_ptr + vs[:, None] * stride_wv + ks[None, :] * stride_wh, mask=v_ok[:, None] & k_ok[None, :],
                     other=0.0)
-        if IEEE:
-            z = tl.dot(h, tl.trans(w), z, input_precision="ieee")
-        else:
-            z = tl.dot(h, tl.trans(w), z)
+        z = _dot(h, tl.trans(w), z, DOT_FP32)
     if HAS_BIAS:
         z += tl.load(b_ptr + vs, mask=v_ok, other=0.0).to(tl.float32)[None, :]
     lse = tl.load(lse_ptr + rows, mask=row_ok, other=0.0)
@@ -147,30 +150,32 @@ def _backward_kernel(
     if NEED_DB:
         tl.atomic_add(db_ptr + vs, tl.sum(dz, axis=0), mask=v_ok)
     if NEED_DH or NEED_DW:
-        dz_in = dz.to(h_ptr.dtype.element_ty)
+        dz_in = dz if DOT_FP32 else dz.to(h_ptr.dtype.element_ty)
+        zero_h = tl.zeros((BLOCK_N, BLOCK_H), tl.float32)
+        zero_w = tl.zeros((BLOCK_V, BLOCK_H), tl.float32)
         for k0 in range(0, H, BLOCK_H):
             ks = k0 + offs_h
             k_ok = ks < H
             if NEED_DH:
                 w = tl.load(w_ptr + vs[:, None] * stride_wv + ks[None, :] * stride_wh,
                             mask=v_ok[:, None] & k_ok[None, :], other=0.0)
-                if IEEE:
-                    dh = tl.dot(dz_in, w, input_precision="ieee")
-                else:
-                    dh = tl.dot(dz_in, w.to(dz_in.dtype))
+                dh = _dot(dz_in, w, zero_h, DOT_FP32)
                 tl.atomic_add(dh_ptr + rows[:, None] * H + ks[None, :], dh, mask=row_ok[:, None] & k_ok[None, :])
             if NEED_DW:
                 h = tl.load(h_ptr + h_off[:, None] + ks[None, :] * stride_hh, mask=row_ok[:, None] & k_ok[None, :],
                             other=0.0)
-                if IEEE:
-                    dw = tl.dot(tl.trans(dz_in), h, input_precision="ieee")
-                else:
-                    dw = tl.dot(tl.trans(dz_in), h)
+                dw = _dot(tl.trans(dz_in), h, zero_w, DOT_FP32)
                 tl.atomic_add(dw_ptr + vs[:, None] * H + ks[None, :], dw, mask=v_ok[:, None] & k_ok[None, :])
 
 
 # ----------------------------------------------------------------------------------------------------------------------
 # host side: row compaction and launches (device tensors only, no host synchronisation)
+
+
+def _dot_fp32(dtype: torch.dtype) -> bool:
+    # Triton's interpreter (TRITON_INTERPRET=1) multiplies bf16 tiles as their raw uint16 bits (numpy has no bf16):
+    # there the tiles are upcast first, which gives the same products (bf16 x bf16 is exact in fp32).
+    return dtype == torch.float32 or (dtype == torch.bfloat16 and bool(triton.knobs.runtime.interpret))
 
 
 class Rows:
@@ -210,7 +215,7 @@ def _launch_forward(h, rows: Rows, weight, bias, inv_tau: float, with_labels: bo
         weight, weight.stride(0), weight.stride(1), bias if bias is not None else weight,
         rows.labels, part_m, part_s, label_z,
         H, V, v_per_split, splits, inv_tau,
-        HAS_BIAS=bias is not None, WITH_LABELS=with_labels, IEEE=h.dtype == torch.float32,
+        HAS_BIAS=bias is not None, WITH_LABELS=with_labels, DOT_FP32=_dot_fp32(h.dtype),
         BLOCK_N=BLOCK_N, BLOCK_V=BLOCK_V, BLOCK_H=BLOCK_H,
     )
     lse = torch.logsumexp(part_m + torch.log(part_s), dim=1)
@@ -262,7 +267,7 @@ def token_logps_backward(grad, hidden, weight, bias, labels, lse, ignore_index: 
             dh if need_dh else dummy, dw if need_dw else dummy, db if need_db else dummy,
             H, V, 1.0 / temperature,
             HAS_BIAS=bias is not None, NEED_DH=need_dh, NEED_DW=need_dw, NEED_DB=need_db,
-            IEEE=hidden.dtype == torch.float32, BLOCK_N=BLOCK_N, BLOCK_V=BLOCK_V, BLOCK_H=BLOCK_H,
+            DOT_FP32=_dot_fp32(hidden.dtype), BLOCK_N=BLOCK_N, BLOCK_V=BLOCK_V, BLOCK_H=BLOCK_H,
         )
     if need_dh:
         # rows past the valid count stay zero: scatter all of them back to their label-grid positions
