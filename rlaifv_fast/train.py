@@ -290,9 +290,9 @@ def _policy_logps(model, batch, *, ipo: bool, path: str = "logits", chunk_rows: 
     """Per-sequence log-probs of the [chosen; rejected] batch: one forward, logits from the shortest prompt on.
 
     path "logits": the model's logits (B, T', V) then sequence_logps. path "lm_head_chunked": the model returns its
-    last hidden states (and one position of logits), and the LM head runs per chunk of `chunk_rows` sequences under
-    activation checkpointing, so at most (chunk_rows, T', V) logits exist at any time, in the forward and in the
-    backward (which recomputes them); the lm_head-fused kernel of a later release replaces this path."""
+    last hidden states (and one position of logits), and linear_sequence_logps (op 4) applies the LM head fused with
+    the log-probs, so the (B, T', V) logits never exist, in the forward or the backward (which recomputes them in
+    bounded tiles). `chunk_rows` is no longer needed (the op bounds its own memory) and is ignored."""
     T = batch.labels.shape[1]
     labels = batch.labels[:, batch.offset :]
     if path == "logits":
@@ -303,17 +303,14 @@ def _policy_logps(model, batch, *, ipo: bool, path: str = "logits", chunk_rows: 
     out = model(**batch.inputs, use_cache=False, logits_to_keep=1, output_hidden_states=True)
     hidden = out.hidden_states[-1][:, batch.offset :]
     head = _unwrap(model).get_output_embeddings()
+    from .ops import linear_sequence_logps
 
-    def chunk_logps(h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        logits = torch.nn.functional.linear(h, head.weight, head.bias)
-        return sequence_logps(logits, y, shift=True, average=ipo, inplace_backward=True).logps
-
-    parts = [
-        torch.utils.checkpoint.checkpoint(chunk_logps, hidden[i : i + chunk_rows], labels[i : i + chunk_rows],
-                                          use_reentrant=False)
-        for i in range(0, hidden.shape[0], chunk_rows)
-    ]
-    return torch.cat(parts)
+    # the dtype F.linear would compute in: autocast's when it is on (bf16 training), else the weight's
+    device = hidden.device.type
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else head.weight.dtype
+    bias = head.bias.to(dtype) if head.bias is not None else None
+    return linear_sequence_logps(hidden.to(dtype), head.weight.to(dtype), labels, bias=bias, shift=True,
+                                 average=ipo).logps
 
 
 def _unwrap(model):
