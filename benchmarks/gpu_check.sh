@@ -5,9 +5,9 @@
 #
 # Written for the lent GPU machine (Python 3.12, torch 2.11+cu130, triton, nvcc 13.0, pybind11, scikit-build-core,
 # no package registry reachable): everything installs offline, with no build isolation and no dependencies.
-# Each step has its own timeout; the defaults add up to 7.5 minutes (override with the *_TIMEOUT variables).
+# Each step has its own timeout; the defaults add up to 9 minutes (override with the *_TIMEOUT variables).
 # Environment: PYTHON (default python3, else python), OUT (output folder), CUDA_ARCHS (default 90),
-#              BUILD_TIMEOUT, INFO_TIMEOUT, TEST_TIMEOUT, BENCH_TIMEOUT (seconds).
+#              BUILD_TIMEOUT, INFO_TIMEOUT, TEST_TIMEOUT, BENCH_TIMEOUT, BENCH_LINEAR_TIMEOUT (seconds).
 set -euo pipefail
 
 PYTHON="${PYTHON:-$(command -v python3 || command -v python)}"
@@ -17,6 +17,7 @@ BUILD_TIMEOUT="${BUILD_TIMEOUT:-210}"
 INFO_TIMEOUT="${INFO_TIMEOUT:-30}"
 TEST_TIMEOUT="${TEST_TIMEOUT:-90}"
 BENCH_TIMEOUT="${BENCH_TIMEOUT:-120}"
+BENCH_LINEAR_TIMEOUT="${BENCH_LINEAR_TIMEOUT:-90}"
 
 if [[ ! -f pyproject.toml || ! -d rlaifv_fast ]]; then
     echo "gpu_check.sh: run me from the repository root" >&2
@@ -77,5 +78,11 @@ run_step test "$TEST_TIMEOUT" "$PYTHON" -P -m pytest -m cuda python_tests -x -q 
 
 # 4. the CUDA benchmark: table on stdout, ops_cuda.json and ops_cuda.png in $OUT_DIR.
 run_step bench "$BENCH_TIMEOUT" "$PYTHON" benchmarks/bench_ops.py --device cuda --out-dir "$OUT_DIR"
+
+# 5. op 4 (lm_head-fused log-probs, Triton kernels) vs plain torch, and vs Liger-Kernel / cut-cross-entropy when
+#    importable (carry their pure-Python wheels and `pip install --no-deps --no-index` them first):
+#    linear_logps_cuda.json and linear_logps_cuda.png in $OUT_DIR.
+run_step bench_linear "$BENCH_LINEAR_TIMEOUT" "$PYTHON" benchmarks/bench_linear_logps.py --device cuda \
+    --out-dir "$OUT_DIR"
 
 echo "OK: all steps passed in $(( $(date +%s) - T_ALL ))s" | tee -a "$SUMMARY"

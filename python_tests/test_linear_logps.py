@@ -60,6 +60,39 @@ def test_triton_kernels_in_the_interpreter():
     assert " passed" in run.stdout and "skipped" not in run.stdout, run.stdout[-2000:]
 
 
+def test_triton_kernels_compile_for_sm90():
+    """The GPU tile sizes compile to a cubin for an H100 (sm_90) without a GPU: catches tensor-core shape, dtype and
+    shared-memory errors that the interpreter cannot see."""
+    triton = pytest.importorskip("triton")
+    try:
+        from triton.backends.compiler import GPUTarget
+        from triton.compiler import ASTSource
+    except ImportError as e:
+        pytest.skip(f"this triton has no ahead-of-time compiler API: {e}")
+    from rlaifv_fast.ops.triton import linear_logps as kernels
+
+    cfg = dict(kernels.GPU_BLOCKS)
+    warps = cfg.pop("num_warps")
+    common = {"h_ptr": "*{dt}", "row_off_ptr": "*i64", "count_ptr": "*i32", "stride_hh": "i64", "w_ptr": "*{dt}",
+              "stride_wv": "i64", "stride_wh": "i64", "b_ptr": "*{dt}", "y_ptr": "*i32"}
+    forward = {"part_m_ptr": "*fp32", "part_s_ptr": "*fp32", "label_z_ptr": "*fp32", "H": "i32", "V": "i32",
+               "v_per_split": "i32", "num_splits": "i32", "inv_tau": "fp32"}
+    backward = {"lse_ptr": "*fp32", "coef_ptr": "*fp32", "dh_ptr": "*fp32", "dw_ptr": "*fp32", "db_ptr": "*fp32",
+                "H": "i32", "V": "i32", "inv_tau": "fp32"}
+    for dt in ("bf16", "fp16", "fp32"):
+        for fn, args, flags in (
+            (kernels._forward_kernel, forward, {"HAS_BIAS": True, "WITH_LABELS": True}),
+            (kernels._backward_kernel, backward, {"HAS_BIAS": True, "NEED_DH": True, "NEED_DW": True,
+                                                  "NEED_DB": True}),
+        ):
+            consts = {**flags, "DOT_FP32": dt == "fp32", **cfg}
+            sig = {k: v.format(dt=dt) for k, v in {**common, **args}.items()} | {k: "constexpr" for k in consts}
+            compiled = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts),
+                                      target=GPUTarget("cuda", 90, 32), options={"num_warps": warps})
+            assert compiled.asm.get("cubin"), f"{fn.__name__} {dt}: no cubin"
+            assert compiled.metadata.shared <= 227 * 1024, f"{fn.__name__} {dt}: too much shared memory"
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # the chunked path against the oracle
 

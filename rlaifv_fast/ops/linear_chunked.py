@@ -29,16 +29,22 @@ CHUNK_BYTES = 4 << 20
 5% of the plain path's (B2 T256 H512 V32000 fp32); larger buffers mean fewer, larger matmuls (fewer OpenMP
 fork/joins, which cost most on a loaded machine)."""
 
+CUDA_CHUNK_BYTES = 512 << 20
+"""The bound on CUDA tensors (the chunked path serves CUDA only without triton, for fp64, or when forced): a GPU
+needs large matmuls, and 512 MiB is still far below the tens of GB of a large-vocabulary batch's logits."""
+
 MIN_SLICE = 256
 """Vocabulary slices are at least this wide (or V): blocks lose rows before slices get narrower."""
 
 _NATIVE_IGNORE = -1  # local labels lie in [0, slice): -1 never masks one, whatever the caller's ignore_index
 
 
-def _blocks(n: int, V: int, dtype: torch.dtype) -> tuple[int, int]:
-    """(rows per block, columns per slice) with rows * columns * element size <= CHUNK_BYTES (at least 1 x 1)."""
+def _blocks(n: int, V: int, dtype: torch.dtype, device: torch.device | None = None) -> tuple[int, int]:
+    """(rows per block, columns per slice) with rows * columns * element size <= the device's bound (at least
+    1 x 1)."""
     size = torch.empty((), dtype=dtype).element_size()
-    cells = max(1, CHUNK_BYTES // size)
+    bound = CUDA_CHUNK_BYTES if device is not None and device.type == "cuda" else CHUNK_BYTES
+    cells = max(1, bound // size)
     cols = min(V, max(MIN_SLICE, cells // max(n, 1)))
     cols = min(cols, cells)
     rows = max(1, min(n, cells // cols))
@@ -122,7 +128,7 @@ def token_logps(hidden, weight, bias, labels, ignore_index: int, temperature: fl
         return tok, lse, None
     w = _blas_weight(weight, acc)
     b = bias.to(acc) if bias is not None else None
-    rows, cols = _blocks(tokens.n, V, acc)
+    rows, cols = _blocks(tokens.n, V, acc, hidden.device)
     buf = torch.empty((rows * cols,), dtype=acc, device=hidden.device)
     lse_v = torch.cat([_row_lse(tokens.h[s : s + rows], w, b, temperature, buf, cols)
                        for s in range(0, tokens.n, rows)])
@@ -139,7 +145,7 @@ def row_lse(hidden2d, weight, bias):
     acc = _dispatch.acc_dtype(hidden2d.dtype)
     w = _blas_weight(weight, acc)
     b = bias.to(acc) if bias is not None else None
-    rows, cols = _blocks(N, V, acc)
+    rows, cols = _blocks(N, V, acc, hidden2d.device)
     buf = torch.empty((rows * cols,), dtype=acc, device=hidden2d.device)
     return torch.cat([_row_lse(hidden2d[s : s + rows].to(acc), w, b, 1.0, buf, cols) for s in range(0, N, rows)])
 
@@ -164,7 +170,7 @@ def token_logps_backward(grad, hidden, weight, bias, labels, lse, ignore_index: 
     coef = grad.to(acc)[tokens.index]
     lse_v = lse.to(acc)[tokens.index]
     inv_tau = 1.0 / temperature
-    rows, cols = _blocks(tokens.n, V, acc)
+    rows, cols = _blocks(tokens.n, V, acc, hidden.device)
     buf = torch.empty((rows * cols,), dtype=acc, device=dev)
     dh_v = torch.zeros((tokens.n, H), dtype=acc, device=dev) if need_dh else None
     for s in range(0, tokens.n, rows):

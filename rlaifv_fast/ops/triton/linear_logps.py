@@ -33,7 +33,19 @@ import triton.language as tl
 BLOCK_N = 32
 BLOCK_V = 64
 BLOCK_H = 32
+"""Tile sizes in the interpreter (small: it runs each program in numpy, and the CI shapes are chosen against them)."""
+
+GPU_BLOCKS = {"BLOCK_N": 64, "BLOCK_V": 128, "BLOCK_H": 64, "num_warps": 8}
+"""Tile sizes and warps on a GPU (bf16 tiles for the tensor cores). Not tuned yet: no GPU was available when this
+was written; benchmarks/bench_linear_logps.py --device cuda is the place to tune them."""
+
 _MAX_SPLITS = 64
+
+
+def _launch_config(device: torch.device) -> dict:
+    if device.type == "cuda":
+        return dict(GPU_BLOCKS)
+    return {"BLOCK_N": BLOCK_N, "BLOCK_V": BLOCK_V, "BLOCK_H": BLOCK_H}
 
 
 @triton.jit
@@ -202,10 +214,11 @@ def _launch_forward(h, rows: Rows, weight, bias, inv_tau: float, with_labels: bo
     N = rows.n
     V, H = weight.shape
     dev = h.device
-    n_blocks = triton.cdiv(N, BLOCK_N)
+    cfg = _launch_config(h.device)
+    n_blocks = triton.cdiv(N, cfg["BLOCK_N"])
     # enough programs to fill a GPU when the batch is short; each split covers whole vocabulary tiles
-    splits = max(1, min(_MAX_SPLITS, triton.cdiv(V, BLOCK_V), triton.cdiv(264, n_blocks)))
-    v_per_split = triton.cdiv(triton.cdiv(V, splits), BLOCK_V) * BLOCK_V
+    splits = max(1, min(_MAX_SPLITS, triton.cdiv(V, cfg["BLOCK_V"]), triton.cdiv(264, n_blocks)))
+    v_per_split = triton.cdiv(triton.cdiv(V, splits), cfg["BLOCK_V"]) * cfg["BLOCK_V"]
     splits = triton.cdiv(V, v_per_split)
     part_m = torch.empty((N, splits), dtype=torch.float32, device=dev)
     part_s = torch.empty_like(part_m)
@@ -215,8 +228,7 @@ def _launch_forward(h, rows: Rows, weight, bias, inv_tau: float, with_labels: bo
         weight, weight.stride(0), weight.stride(1), bias if bias is not None else weight,
         rows.labels, part_m, part_s, label_z,
         H, V, v_per_split, splits, inv_tau,
-        HAS_BIAS=bias is not None, WITH_LABELS=with_labels, DOT_FP32=_dot_fp32(h.dtype),
-        BLOCK_N=BLOCK_N, BLOCK_V=BLOCK_V, BLOCK_H=BLOCK_H,
+        HAS_BIAS=bias is not None, WITH_LABELS=with_labels, DOT_FP32=_dot_fp32(h.dtype), **cfg,
     )
     lse = torch.logsumexp(part_m + torch.log(part_s), dim=1)
     return lse, label_z
@@ -260,14 +272,15 @@ def token_logps_backward(grad, hidden, weight, bias, labels, lse, ignore_index: 
     db = torch.zeros((V,), dtype=torch.float32, device=dev) if need_db else None
     if rows.n and (need_dh or need_dw or need_db):
         dummy = lse_sorted
-        _backward_kernel[(triton.cdiv(rows.n, BLOCK_N), triton.cdiv(V, BLOCK_V))](
+        cfg = _launch_config(hidden.device)
+        _backward_kernel[(triton.cdiv(rows.n, cfg["BLOCK_N"]), triton.cdiv(V, cfg["BLOCK_V"]))](
             hidden, rows.h_off, rows.count, hidden.stride(2),
             weight, weight.stride(0), weight.stride(1), bias if bias is not None else weight,
             rows.labels, lse_sorted, coef,
             dh if need_dh else dummy, dw if need_dw else dummy, db if need_db else dummy,
             H, V, 1.0 / temperature,
             HAS_BIAS=bias is not None, NEED_DH=need_dh, NEED_DW=need_dw, NEED_DB=need_db,
-            DOT_FP32=_dot_fp32(hidden.dtype), BLOCK_N=BLOCK_N, BLOCK_V=BLOCK_V, BLOCK_H=BLOCK_H,
+            DOT_FP32=_dot_fp32(hidden.dtype), **cfg,
         )
     if need_dh:
         # rows past the valid count stay zero: scatter all of them back to their label-grid positions
