@@ -110,7 +110,8 @@ def check_linear_case(B, T, H, V, *, dtype=torch.float32, masked=0.2, shift=Fals
         if per_token:
             coef = coef + g_tok
         p = torch.softmax(x, -1)
-        dz_abs = (coef.abs() * mask).unsqueeze(-1) * (p + torch.nn.functional.one_hot(yy.clamp(min=0).long(), V)) / temperature
+        onehot = torch.nn.functional.one_hot(yy.clamp(min=0).long(), V)
+        dz_abs = (coef.abs() * mask).unsqueeze(-1) * (p + onehot) / temperature
         if shift:
             dz_abs = torch.cat([dz_abs, torch.zeros_like(dz_abs[:, :1])], 1)
         dz_abs = dz_abs.reshape(-1, V)

@@ -88,7 +88,8 @@ def _forward_kernel(
         for k0 in range(0, H, BLOCK_H):
             ks = k0 + offs_h
             k_ok = ks < H
-            h = tl.load(h_ptr + h_off[:, None] + ks[None, :] * stride_hh, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+            h = tl.load(h_ptr + h_off[:, None] + ks[None, :] * stride_hh, mask=row_ok[:, None] & k_ok[None, :],
+                        other=0.0)
             w = tl.load(w_ptr + vs[:, None] * stride_wv + ks[None, :] * stride_wh, mask=v_ok[:, None] & k_ok[None, :],
                         other=0.0)
             z = _dot(h, tl.trans(w), z, DOT_FP32)
