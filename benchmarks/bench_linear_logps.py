@@ -116,9 +116,8 @@ def forward_fn(variant: str, inputs: dict):
             loss_fn = LigerFusedLinearDPOLoss(ignore_index=IGNORE_INDEX, beta=0.1, use_ref_model=False)
         except TypeError:
             loss_fn = LigerFusedLinearDPOLoss(ignore_index=IGNORE_INDEX, beta=0.1)
-        x, t = h[:, :-1], y[:, 1:]
-
         def liger():
+            x, t = h[:, :-1].contiguous(), y[:, 1:].contiguous()
             out = loss_fn(w, x, t)
             return out[0] if isinstance(out, tuple) else out
 
@@ -127,7 +126,7 @@ def forward_fn(variant: str, inputs: dict):
         from cut_cross_entropy import linear_cross_entropy
 
         def cce():
-            x, t = h[:, :-1], y[:, 1:]
+            x, t = h[:, :-1].contiguous(), y[:, 1:].contiguous()
             nll = linear_cross_entropy(x, w, t, reduction="none", ignore_index=IGNORE_INDEX)
             return (-nll.reshape(t.shape).sum(-1) * g).sum()
 

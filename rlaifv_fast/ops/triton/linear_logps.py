@@ -185,10 +185,14 @@ def _backward_kernel(
 # host side: row compaction and launches (device tensors only, no host synchronisation)
 
 
+_INTERPRETED = not isinstance(_forward_kernel, triton.runtime.JITFunction)
+"""Whether the kernels were decorated under TRITON_INTERPRET=1 (then they run in numpy on CPU tensors)."""
+
+
 def _dot_fp32(dtype: torch.dtype) -> bool:
-    # Triton's interpreter (TRITON_INTERPRET=1) multiplies bf16 tiles as their raw uint16 bits (numpy has no bf16):
-    # there the tiles are upcast first, which gives the same products (bf16 x bf16 is exact in fp32).
-    return dtype == torch.float32 or (dtype == torch.bfloat16 and bool(triton.knobs.runtime.interpret))
+    # Triton's interpreter multiplies bf16 tiles as their raw uint16 bits (numpy has no bf16): there the tiles are
+    # upcast first, which gives the same products (bf16 x bf16 is exact in fp32).
+    return dtype == torch.float32 or (dtype == torch.bfloat16 and _INTERPRETED)
 
 
 class Rows:
