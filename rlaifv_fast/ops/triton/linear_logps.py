@@ -75,7 +75,7 @@ def _forward_kernel(
     row_ok = rows < count
     h_off = tl.load(row_off_ptr + rows, mask=row_ok, other=0)
     offs_h = tl.arange(0, BLOCK_H)
-    offs_v = tl.arange(0, BLOCK_V)
+    offs_v = tl.arange(0, BLOCK_V).to(tl.int64)  # 64-bit: V * H may pass 2**31
 
     m_i = tl.full((BLOCK_N,), float("-inf"), tl.float32)
     s_i = tl.zeros((BLOCK_N,), tl.float32)
@@ -106,7 +106,7 @@ def _forward_kernel(
     if WITH_LABELS:
         if pid_s == 0:
             # the label logit: an indexed dot h[n] . W[y[n]] (+ b[y[n]])
-            y = tl.load(y_ptr + rows, mask=row_ok, other=0)
+            y = tl.load(y_ptr + rows, mask=row_ok, other=0).to(tl.int64)
             acc = tl.zeros((BLOCK_N,), tl.float32)
             for k0 in range(0, H, BLOCK_H):
                 ks = k0 + offs_h
@@ -139,7 +139,7 @@ def _backward_kernel(
     row_ok = rows < count
     h_off = tl.load(row_off_ptr + rows, mask=row_ok, other=0)
     offs_h = tl.arange(0, BLOCK_H)
-    vs = pid_v * BLOCK_V + tl.arange(0, BLOCK_V)
+    vs = (pid_v * BLOCK_V + tl.arange(0, BLOCK_V)).to(tl.int64)  # 64-bit: V * H may pass 2**31
     v_ok = vs < V
 
     z = tl.zeros((BLOCK_N, BLOCK_V), tl.float32)
@@ -154,7 +154,7 @@ def _backward_kernel(
         z += tl.load(b_ptr + vs, mask=v_ok, other=0.0).to(tl.float32)[None, :]
     lse = tl.load(lse_ptr + rows, mask=row_ok, other=0.0)
     coef = tl.load(coef_ptr + rows, mask=row_ok, other=0.0) * inv_tau
-    y = tl.load(y_ptr + rows, mask=row_ok, other=-1)
+    y = tl.load(y_ptr + rows, mask=row_ok, other=-1).to(tl.int64)
     p = tl.exp(z * inv_tau - lse[:, None])
     onehot = (vs[None, :] == y[:, None]).to(tl.float32)
     dz = coef[:, None] * (onehot - p)
@@ -173,7 +173,8 @@ def _backward_kernel(
                 w = tl.load(w_ptr + vs[:, None] * stride_wv + ks[None, :] * stride_wh,
                             mask=v_ok[:, None] & k_ok[None, :], other=0.0)
                 dh = _dot(dz_in, w, zero_h, DOT_FP32)
-                tl.atomic_add(dh_ptr + rows[:, None] * H + ks[None, :], dh, mask=row_ok[:, None] & k_ok[None, :])
+                tl.atomic_add(dh_ptr + rows.to(tl.int64)[:, None] * H + ks[None, :], dh,
+                              mask=row_ok[:, None] & k_ok[None, :])
             if NEED_DW:
                 h = tl.load(h_ptr + h_off[:, None] + ks[None, :] * stride_hh, mask=row_ok[:, None] & k_ok[None, :],
                             other=0.0)
