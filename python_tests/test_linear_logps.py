@@ -52,10 +52,11 @@ def _chunked_backend(monkeypatch):
                     reason="needs triton and numpy (the `test` extra)")
 def test_triton_kernels_in_the_interpreter():
     env = dict(os.environ, TRITON_INTERPRET="1", **{_dispatch.LINEAR_BACKEND_ENV: "triton"})
-    # -P: the repository root (cwd) must not shadow the installed package, which holds the compiled _C
-    cmd = [sys.executable, "-P", "-m", "pytest", "python_tests/linear_triton_interp.py", "-q", "-x",
-           "-p", "no:cacheprovider", "-W", "ignore::RuntimeWarning"]
-    run = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    # run from python_tests/: `python -m pytest` puts its working folder first on sys.path, and the repository root
+    # would shadow the installed package (which holds the compiled _C) with the source tree
+    cmd = [sys.executable, "-m", "pytest", "linear_triton_interp.py", "-q", "-x", "-p", "no:cacheprovider",
+           "-W", "ignore::RuntimeWarning"]
+    run = subprocess.run(cmd, cwd=ROOT / "python_tests", env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, f"interpreter tests failed:\n{run.stdout[-6000:]}\n{run.stderr[-3000:]}"
     assert " passed" in run.stdout and "skipped" not in run.stdout, run.stdout[-2000:]
 
