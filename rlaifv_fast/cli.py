@@ -5,6 +5,7 @@
     rlaifv-fast pairs    --prompts prompts.jsonl --feedback run/feedback.jsonl --out-dir run/
     rlaifv-fast reflogps --pairs run/pairs.rlaifv.parquet --model ./policy --out run/pairs.ref.parquet
     rlaifv-fast bon      --prompts prompts.jsonl --policy ./dpo-policy --reference ./policy --out run/bon.jsonl
+    rlaifv-fast demo     [--ablation confounded --ablation holistic --ablation self]   (offline shapes-world demo)
 
 Every option can also come from a YAML or JSON file given with --config: top-level keys apply to every command, a
 section named after the command overrides them, and flags on the command line override both. Keys are the option
@@ -213,7 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     lp.add_argument("--work-dir", help="folder for every iteration's outputs and loop_state.json")
     lp.add_argument("--iterations", type=int, help="K (default 4, as in the paper)")
     lp.add_argument("--labeler", help="a separate labeler model; default: self-feedback (the policy labels)")
-    lp.add_argument("--divider", choices=("rule", "llm"), help="claim splitter (default rule)")
+    lp.add_argument("--divider", choices=("rule", "llm", "holistic"), help="claim splitter (default rule; "
+                    "holistic: one 'is this description accurate?' question per answer, the ablation)")
     lp.add_argument("--engine-option", type=_engine_option, action="append", metavar="KEY=VALUE",
                     help="a transformers engine option for every model, repeatable (device, dtype, batch_size, ...)")
     lp.add_argument("--n", type=int, help="candidates per prompt (default 10)")
@@ -223,7 +225,29 @@ def build_parser() -> argparse.ArgumentParser:
     lp.add_argument("--train-option", type=_engine_option, action="append", metavar="KEY=VALUE",
                     help="a TrainConfig field for every iteration's DPO run (beta, sft_weight, lr, epochs, "
                     "max_steps, per_device_batch_size, warmup_ratio, ...), repeatable; JSON values")
+
+    dm = sub.add_parser("demo", help="the offline shapes-world demo: the shipped SFT policy and labeler, K RLAIF-V "
+                        "iterations, exact CHAIR after each, Best-of-N, a table + report.json + report.png")
+    dm.add_argument("--no-progress", action="store_true", default=None, help="hide progress bars")
+    dm.add_argument("--ablation", action="append", choices=("confounded", "holistic", "self", "all"),
+                    help="also run an ablation loop (repeatable; 'all' runs the three)")
+    _add_fields(dm, _demo_fields())
     return parser
+
+
+def _demo_fields():
+    from .demo import DemoConfig
+
+    return [f for f in dataclasses.fields(DemoConfig) if f.name not in ("ablations", "progress")]
+
+
+def _add_fields(p: argparse.ArgumentParser, fields) -> None:
+    """One flag per dataclass field (--work-dir for work_dir), typed by the field's default."""
+    for f in fields:
+        kind = type(f.default) if f.default is not None else str
+        if f.name == "threads":
+            kind = int
+        p.add_argument("--" + f.name.replace("_", "-"), type=kind, help=f"default {f.default}")
 
 
 def _load_config(path: str | None, command: str, parser: argparse.ArgumentParser) -> dict[str, Any]:
@@ -238,7 +262,7 @@ def _load_config(path: str | None, command: str, parser: argparse.ArgumentParser
         data = json.loads(text)
     if not isinstance(data, dict):
         parser.error(f"--config {path}: expected a mapping of option names to values")
-    sections = ("generate", "feedback", "pairs", "reflogps", "bon", "train", "loop")
+    sections = ("generate", "feedback", "pairs", "reflogps", "bon", "train", "loop", "demo")
     merged = {k: v for k, v in data.items() if k not in sections}
     merged.update(data.get(command) or {})
     return {k.replace("-", "_"): v for k, v in merged.items()}
@@ -278,6 +302,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _apply_config(args, _load_config(args.config, args.command, parser), parser)
     progress = not args.no_progress
+
+    if args.command == "demo":
+        from .demo import ABLATIONS, DemoConfig, run_demo
+
+        chosen = args.ablation or []
+        ablations = ABLATIONS if "all" in chosen else tuple(dict.fromkeys(chosen))
+        given = {f.name: getattr(args, f.name) for f in _demo_fields() if getattr(args, f.name) is not None}
+        report = run_demo(DemoConfig(ablations=ablations, progress=progress, **given))
+        print(f"report: {Path(report['config']['work_dir']) / 'report.json'}")
+        return 0
 
     from . import stages
     from .engines import make_engine

@@ -22,12 +22,14 @@ from .stages import FeedbackConfig, GenerateConfig, load_stage_records, run_feed
 from .store import write_json
 
 STAGES = ("generate", "feedback", "pairs", "reflogps", "train")
+DIVIDERS = ("rule", "llm", "holistic")
 
 
 @dataclasses.dataclass(frozen=True)
 class LoopConfig:
     """iterations: K (the paper: 4). labeler: a separate labeler model (the paper's 7B setting), or None for
-    self-feedback (the policy labels its own claims). divider: "rule" or "llm" (the labeler prompted to split)."""
+    self-feedback (the policy labels its own claims). divider: "rule", "llm" (the labeler prompted to split) or
+    "holistic" (no divide-and-conquer: one "is this description accurate?" question per answer, an ablation)."""
 
     work_dir: str
     iterations: int = 4
@@ -44,8 +46,8 @@ class LoopConfig:
     def __post_init__(self):
         if self.iterations < 1:
             raise ValueError(f"iterations must be >= 1, got {self.iterations}")
-        if self.divider not in ("rule", "llm"):
-            raise ValueError(f"divider must be 'rule' or 'llm', got {self.divider!r}")
+        if self.divider not in DIVIDERS:
+            raise ValueError(f"divider must be one of {DIVIDERS}, got {self.divider!r}")
 
 
 @dataclasses.dataclass
@@ -94,7 +96,7 @@ def _summary(report: Any) -> Any:
 
 
 def run_loop(prompts: Sequence[Prompt], policy: str, config: LoopConfig) -> LoopResult:
-    from .divide import LLMDivider, RuleDivider
+    from .divide import HolisticDivider, LLMDivider, RuleDivider
     from .engines import make_engine
     from .ref_logps import run_ref_logps
     from .train import TrainConfig, train_dpo
@@ -122,7 +124,12 @@ def run_loop(prompts: Sequence[Prompt], policy: str, config: LoopConfig) -> Loop
         if not state.done(it, "feedback"):
             labeler = engine if config.labeler is None else make_engine("hf", config.labeler,
                                                                         options=dict(config.engine_options))
-            divider = RuleDivider() if config.divider == "rule" else LLMDivider(labeler)
+            if config.divider == "llm":
+                divider = LLMDivider(labeler)
+            elif config.divider == "holistic":
+                divider = HolisticDivider()
+            else:
+                divider = RuleDivider()
             report = run_feedback(load_stage_records(candidates), prompts, divider, labeler, feedback,
                                   config.feedback, progress=config.progress)
             state.mark(it, "feedback", _summary(report))

@@ -88,6 +88,16 @@ class GenerateConfig:
     run_seed: int = 0
     batch_size: int = 8  # prompts per engine call
     skip_bad: bool = False
+    # The confounded baseline (an ablation, not the method): candidates split evenly over these decoding settings,
+    # candidate i sampled with mixed_decodings[i % len]; empty (the default) means one setting for all.
+    mixed_decodings: tuple[DecodingConfig, ...] = ()
+
+    def settings(self) -> list[tuple[DecodingConfig, list[int]]]:
+        """(decoding, candidate indices) groups: one group of all n, or one per mixed setting."""
+        if not self.mixed_decodings:
+            return [(self.decoding, list(range(self.n)))]
+        m = len(self.mixed_decodings)
+        return [(d, list(range(k, self.n, m))) for k, d in enumerate(self.mixed_decodings) if k < self.n]
 
 
 def run_generate(
@@ -97,31 +107,34 @@ def run_generate(
     report = StageReport("generate", total=len(prompts) * config.n)
     todo = [p for p in prompts if any(candidate_id(p.id, i) not in store for i in range(config.n))]
     report.already_done = len(store)
-    decoding = dataclasses.asdict(config.decoding)
+    groups = config.settings()
 
     def process(batch: Sequence[Prompt]) -> list[dict]:
         requests = [SampleRequest(p.id, p.question, p.image) for p in batch]
-        samples = engine.sample(requests, config.n, config.decoding, run_seed=config.run_seed)
-        records = []
-        for prompt, candidates in zip(batch, samples):
-            for s in candidates:
-                records.append(
-                    {
-                        "id": candidate_id(prompt.id, s.index),
-                        "prompt_id": prompt.id,
-                        "question": prompt.question,
-                        "image": prompt.image_ref,
-                        "index": s.index,
-                        "seed": s.seed,
-                        "run_seed": config.run_seed,
-                        "text": s.text,
-                        "num_tokens": s.num_tokens,
-                        "finish_reason": s.finish_reason,
-                        "model": engine.model_name,
-                        "decoding": decoding,
-                    }
-                )
-        return records
+        records: list[list[dict]] = [[] for _ in batch]
+        for k, (decoding, indices) in enumerate(groups):
+            # each mixed setting draws from its own seed stream; candidate indices stay 0..n-1 across settings
+            samples = engine.sample(requests, len(indices), decoding, run_seed=config.run_seed + 7919 * k)
+            for out, prompt, candidates in zip(records, batch, samples):
+                for s in candidates:
+                    index = indices[s.index]
+                    out.append(
+                        {
+                            "id": candidate_id(prompt.id, index),
+                            "prompt_id": prompt.id,
+                            "question": prompt.question,
+                            "image": prompt.image_ref,
+                            "index": index,
+                            "seed": s.seed,
+                            "run_seed": config.run_seed,
+                            "text": s.text,
+                            "num_tokens": s.num_tokens,
+                            "finish_reason": s.finish_reason,
+                            "model": engine.model_name,
+                            "decoding": dataclasses.asdict(decoding),
+                        }
+                    )
+        return [r for out in records for r in sorted(out, key=lambda r: r["index"])]
 
     _run_batches(todo, config.batch_size, process, store, report, item_id=lambda p: p.id,
                  skip_bad=config.skip_bad, desc="generate", progress=progress)

@@ -41,7 +41,7 @@ import torch
 
 from .ops import DPOConfig, DPOLossType, dpo_loss, sequence_logps
 from .scoring import EncodedResponse, Triple, collate, cut_per_token, encode_triples
-from .store import atomic_path
+from .store import atomic_path, replace_dir
 
 # Submodules of a VLM that encode images (frozen by default, never LoRA targets).
 VISION_MODULE_NAMES = ("vision_tower", "visual", "vision_model", "vision_encoder", "image_encoder")
@@ -331,18 +331,6 @@ def _checkpoints(output_dir: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def _replace_dir(tmp: Path, target: Path) -> None:
-    """Move a finished folder into place in one rename (an older folder of that name is removed after)."""
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(target, old)
-    os.replace(tmp, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def _save_model(accelerator, model, processor, folder: Path, *, merge_lora: bool) -> None:
     """save_pretrained (safetensors) + the processor into `folder`, from every process (FSDP / ZeRO-3 gather the
     full state dict collectively), written by the main process."""
@@ -507,7 +495,7 @@ def train_dpo(
         _save_model(accelerator, model, processor, tmp, merge_lora=True)
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
-            _replace_dir(tmp, final)
+            replace_dir(tmp, final)
         accelerator.wait_for_everyone()
         if config.report_to:
             accelerator.end_training()
@@ -576,7 +564,7 @@ def _save_checkpoint(accelerator, model, processor, output_dir: Path, step: int,
     if accelerator.is_main_process:
         (tmp / "trainer_state.json").write_text(json.dumps({"step": step, "config": _tracker_config(config)},
                                                            indent=2) + "\n")
-        _replace_dir(tmp, target)
+        replace_dir(tmp, target)
         if config.save_total_limit is not None:
             for _, old in _checkpoints(output_dir)[: -int(config.save_total_limit)]:
                 shutil.rmtree(old, ignore_errors=True)

@@ -389,6 +389,27 @@ class HFEngine:
                 results[r][j] = Sample(requests[r].request_id, j, seed, text, num, reason)
         return results  # type: ignore[return-value]
 
+    def greedy(self, requests: Sequence[SampleRequest], *, max_new_tokens: int) -> list[Sample]:
+        """One greedy answer per request (image + prompt), in request order (index 0, seed -1)."""
+        if int(max_new_tokens) < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        requests = list(requests)
+        encoded = []
+        for req in requests:
+            image = load_image(req.image) if req.image is not None else None
+            ids, mms = self._encode_group([self.render(req.prompt, image=image is not None)], image)
+            encoded.append((ids[0], mms[0]))
+        order = sorted(range(len(requests)), key=lambda i: len(encoded[i][0]))
+        out: list[Sample | None] = [None] * len(requests)
+        for start in range(0, len(order), self.batch_size):
+            chunk = order[start : start + self.batch_size]
+            texts, counts, reasons = self._generate_rows(
+                [encoded[i][0] for i in chunk], [encoded[i][1] for i in chunk], max_new_tokens
+            )
+            for i, text, num, reason in zip(chunk, texts, counts, reasons):
+                out[i] = Sample(requests[i].request_id, 0, -1, text, num, reason)
+        return out  # type: ignore[return-value]
+
     def _generate_rows(self, rows, mms, max_new_tokens: int, *, seeds=None, decoding=None):
         from transformers import GenerationConfig, LogitsProcessorList
 

@@ -46,12 +46,18 @@ class SceneObject(NamedTuple):
 class Scene:
     objects: tuple[SceneObject, ...]
     image_size: int
+    grid: int = 0  # cells per side of a grid layout; 0 for free placement
 
     def truth(self) -> set[Obj]:
         """The exact set of (colour, shape) objects in the image."""
         return {(o.colour, o.shape) for o in self.objects}
 
     def left_to_right(self) -> list[SceneObject]:
+        """Description order: left to right by centre; in a grid layout, cell by cell in reading order (rows top to
+        bottom, cells left to right), so the order never hangs on a pixel of jitter."""
+        if self.grid:
+            cell = self.image_size // self.grid
+            return sorted(self.objects, key=lambda o: (o.bbox[1] // cell, o.bbox[0] // cell))
         return sorted(self.objects, key=lambda o: (o.bbox[0] + o.bbox[2], o.bbox[1] + o.bbox[3], o.colour, o.shape))
 
 
@@ -69,6 +75,11 @@ class ShapesWorldConfig:
     min_size: int = 14  # object side length in pixels, inclusive range
     max_size: int = 22
     background: tuple[int, int, int] = (0, 0, 0)
+    # "free": anywhere, non-overlapping; "grid": at most one object per cell of a grid x grid layout, jittered inside
+    # its cell (with the vision patch equal to the cell, each image token sees one object: easy perception)
+    layout: str = "free"
+    grid: int = 2
+    jitter: int | None = None  # grid layout: max offset in pixels from the cell's centre (None: anywhere in the cell)
     seed: int = 0
     n_train: int = 4000
     n_heldout: int = 200
@@ -99,7 +110,18 @@ class ShapesWorldConfig:
             raise ValueError("max_objects exceeds the number of distinct (colour, shape) objects")
         if not MIN_VISIBLE_SIZE <= self.min_size <= self.max_size:
             raise ValueError(f"need {MIN_VISIBLE_SIZE} <= min_size <= max_size")
-        if self.max_objects * (self.max_size + 2) ** 2 > 0.6 * self.image_size**2 or self.max_size > self.image_size:
+        if self.layout not in ("free", "grid"):
+            raise ValueError(f"layout must be 'free' or 'grid', got {self.layout!r}")
+        if self.layout == "grid":
+            if self.grid < 1 or self.image_size % self.grid:
+                raise ValueError(f"grid ({self.grid}) must be >= 1 and divide image_size ({self.image_size})")
+            if self.max_objects > self.grid**2:
+                raise ValueError(f"max_objects ({self.max_objects}) exceeds the {self.grid ** 2} grid cells")
+            if self.jitter is not None and self.jitter < 0:
+                raise ValueError(f"jitter must be >= 0 (or None), got {self.jitter}")
+            if self.max_size > self.image_size // self.grid:
+                raise ValueError(f"max_size ({self.max_size}) exceeds the grid cell ({self.image_size // self.grid})")
+        elif self.max_objects * (self.max_size + 2) ** 2 > 0.6 * self.image_size**2 or self.max_size > self.image_size:
             raise ValueError("objects too large for the image: non-overlapping placement would be unreliable")
         if not 0.0 <= self.hallucination_rate <= 1.0:
             raise ValueError("hallucination_rate must be in [0, 1]")
@@ -125,8 +147,31 @@ def _overlaps(a: tuple[int, int, int, int], b: tuple[int, int, int, int], margin
     return not (a[2] + margin <= b[0] or b[2] + margin <= a[0] or a[3] + margin <= b[1] or b[3] + margin <= a[1])
 
 
+def _sample_grid_scene(config: ShapesWorldConfig, rng: np.random.Generator) -> Scene:
+    vocab = config.vocabulary()
+    cell = config.image_size // config.grid
+    n = int(rng.integers(config.min_objects, config.max_objects + 1))
+    picks = rng.choice(len(vocab), size=n, replace=False)
+    cells = rng.choice(config.grid**2, size=n, replace=False)
+    objects = []
+    for p, c in zip(picks, cells):
+        colour, shape = vocab[int(p)]
+        size = int(rng.integers(config.min_size, config.max_size + 1))
+        lo, hi = 0, cell - size
+        if config.jitter is not None:
+            mid = (cell - size) // 2
+            lo, hi = max(0, mid - config.jitter), min(cell - size, mid + config.jitter)
+        x0 = int(c) % config.grid * cell + int(rng.integers(lo, hi + 1))
+        y0 = int(c) // config.grid * cell + int(rng.integers(lo, hi + 1))
+        objects.append(SceneObject(colour, shape, (x0, y0, x0 + size, y0 + size)))
+    return Scene(objects=tuple(objects), image_size=config.image_size, grid=config.grid)
+
+
 def sample_scene(config: ShapesWorldConfig, rng: np.random.Generator) -> Scene:
-    """One random scene: distinct (colour, shape) objects, random sizes, non-overlapping positions."""
+    """One random scene: distinct (colour, shape) objects, random sizes, non-overlapping positions (one per grid
+    cell with layout "grid")."""
+    if config.layout == "grid":
+        return _sample_grid_scene(config, rng)
     vocab = config.vocabulary()
     while True:
         n = int(rng.integers(config.min_objects, config.max_objects + 1))
@@ -199,23 +244,28 @@ def describe(scene: Scene) -> str:
     return " ".join(sentence(o.colour, o.shape) for o in scene.left_to_right())
 
 
-def biased_description(scene: Scene, rng: np.random.Generator, config: ShapesWorldConfig) -> str:
-    """The reference description plus, per applicable co-occurrence rule (trigger present, partner absent), the
-    absent partner named right after its trigger with probability ``config.hallucination_rate``.
+def biased_objects(scene: Scene, rng: np.random.Generator, config: ShapesWorldConfig) -> list[Obj]:
+    """The reference objects in description order plus, per applicable co-occurrence rule (trigger present, partner
+    absent), the absent partner right after its trigger with probability ``config.hallucination_rate``.
 
     Exactly one draw per distinct absent partner, so the rate is controlled exactly per (scene, partner)."""
     truth = scene.truth()
-    sentences: list[str] = []
+    out: list[Obj] = []
     decided: set[Obj] = set()
     for o in scene.left_to_right():
-        sentences.append(sentence(o.colour, o.shape))
+        out.append((o.colour, o.shape))
         target = config.cooccurrence.get((o.colour, o.shape))
         if target is None or target in truth or target in decided:
             continue
         decided.add(target)
         if rng.random() < config.hallucination_rate:
-            sentences.append(sentence(*target))
-    return " ".join(sentences)
+            out.append(target)
+    return out
+
+
+def biased_description(scene: Scene, rng: np.random.Generator, config: ShapesWorldConfig) -> str:
+    """The reference description with the co-occurrence hallucinations of ``biased_objects``."""
+    return " ".join(sentence(*o) for o in biased_objects(scene, rng, config))
 
 
 def question(colour: str, shape: str) -> str:

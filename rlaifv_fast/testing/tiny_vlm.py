@@ -174,6 +174,8 @@ def build_tiny_llava(
     hidden_size: int = 64,
     num_hidden_layers: int = 2,
     head_dim: int = 32,
+    vision_layers: int | None = None,
+    vision_feature_layer: int = -2,
 ) -> pathlib.Path:
     """Build and save (safetensors) a tiny random-weight LLaVA with its tokenizer, chat template and processor.
 
@@ -189,6 +191,8 @@ def build_tiny_llava(
             336 and 14 give LLaVA-1.5's 576 for benchmarks).
         hidden_size, num_hidden_layers, head_dim: the width / depth of both towers (heads = hidden_size // head_dim;
             vLLM accepts head sizes 32, 64, 80, ...).
+        vision_layers: depth of the CLIP tower when it differs from the text model's (None: num_hidden_layers).
+        vision_feature_layer: the CLIP layer whose patch features go to the projector (-2 as LLaVA-1.5; -1 the last).
 
     Returns:
         The folder, loadable offline with AutoProcessor / AutoModelForImageTextToText (and AutoTokenizer).
@@ -226,7 +230,7 @@ def build_tiny_llava(
     vision = CLIPVisionConfig(
         hidden_size=hidden_size,
         intermediate_size=2 * hidden_size,
-        num_hidden_layers=num_hidden_layers,
+        num_hidden_layers=num_hidden_layers if vision_layers is None else int(vision_layers),
         num_attention_heads=heads,
         image_size=image_size,
         patch_size=patch_size,
@@ -253,7 +257,7 @@ def build_tiny_llava(
         text_config=text,
         image_token_index=ids[IMAGE],
         image_seq_length=n_image_tokens,
-        vision_feature_layer=-2,
+        vision_feature_layer=int(vision_feature_layer),
         vision_feature_select_strategy="default",
         tie_word_embeddings=False,
     )

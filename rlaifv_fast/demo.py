@@ -1,0 +1,346 @@
+"""`rlaifv-fast demo`: the whole RLAIF-V loop on the synthetic shapes world, offline, on a CPU in minutes.
+
+    SFT policy (shipped) -> evaluate -> K x [deconfounded sampling -> rule divide -> labeler yes/no -> pairs (length
+    balanced) -> reference log-probs -> DPO + SFT term] -> evaluate after each iteration -> self-feedback Best-of-N
+
+Every stage is the pipeline's own (rlaifv_fast.loop.run_loop, bon.run_bon, the fused ops); the demo only makes the
+prompts (train-distribution images the SFT models never saw), evaluates with exact CHAIR on the held-out split, and
+reports. Ablations (flags; each a second loop in its own folder, reported side by side):
+  --ablation confounded   pairs from candidates sampled with different decoding settings (no deconfounding)
+  --ablation holistic     one "Is this description of the image accurate?" question per answer (no divide-and-conquer)
+  --ablation self         self-feedback: the policy labels its own claims instead of the separate labeler
+
+Outputs in the work folder: report.json, report.png, the loop's stage files; the table is printed. Resumable: the
+loop resumes at stage granularity and every evaluation is cached in eval/ (a re-run with the same settings redoes
+nothing).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from .data import Prompt
+from .engines.base import DecodingConfig
+from .pairs import PairConfig
+from .shapes import tasks
+from .shapes.evaluate import evaluate_descriptions, evaluate_qa, heldout, relative_drop
+from .shapes.sft import demo_world
+from .shapes.world import ShapesWorldConfig, make_scene, mentioned_objects, render
+from .store import write_json
+
+CHECKPOINTS = Path(__file__).parent / "shapes" / "checkpoints"
+ABLATIONS = ("confounded", "holistic", "self")
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoConfig:
+    """Defaults are sized for a 2-core CPU (<= 10 minutes for the full method); README documents larger settings."""
+
+    work_dir: str = "rlaifv-demo"
+    policy: str | None = None  # None: the shipped SFT policy
+    labeler: str | None = None  # None: the shipped labeler
+    iterations: int = 2
+    n_prompts: int = 400  # train-distribution images per iteration
+    n_candidates: int = 8
+    temperature: float = 0.9
+    max_new_tokens: int = 40
+    eval_images: int = 200
+    eval_samples: int = 4
+    bon_n: int = 8
+    # DPO
+    lr: float = 2e-4
+    beta: float = 0.1
+    sft_weight: float = 1.0
+    epochs: int = 2
+    batch_size: int = 8
+    max_pairs_per_prompt: int = 2
+    ablations: tuple[str, ...] = ()
+    seed: int = 0
+    threads: int | None = None
+    progress: bool = True
+
+    def __post_init__(self):
+        bad = [a for a in self.ablations if a not in ABLATIONS]
+        if bad:
+            raise ValueError(f"unknown ablation(s) {bad}; choose from {ABLATIONS}")
+        for name in ("iterations", "n_prompts", "n_candidates", "eval_images", "bon_n", "epochs", "batch_size"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"DemoConfig.{name} must be >= 1, got {getattr(self, name)}")
+
+
+def _shipped(name: str) -> str:
+    path = CHECKPOINTS / name
+    if not (path / "config.json").exists():
+        raise FileNotFoundError(
+            f"the shipped {name} checkpoint is missing at {path}; train one with "
+            f"`python -m rlaifv_fast.shapes.sft --role {name} --out {path}`"
+        )
+    return str(path)
+
+
+def _world_of(model_dir: str) -> ShapesWorldConfig:
+    """The world a shipped SFT model was trained on (its sft_report.json), else the demo default."""
+    report = Path(model_dir) / "sft_report.json"
+    if not report.exists():
+        return demo_world()
+    w = dict(json.loads(report.read_text())["config"]["world"])
+    w["cooccurrence"] = {tuple(k): tuple(v) for k, v in w["cooccurrence"]}
+    for key in ("colours", "shapes", "background"):
+        w[key] = tuple(w[key])
+    return ShapesWorldConfig(**w)
+
+
+def make_prompts(world: ShapesWorldConfig, n: int, image_dir: Path, *, first_index: int) -> list[Prompt]:
+    """n "Describe the image." prompts on train-split scenes first_index.. (beyond the SFT data), saved as PNG."""
+    image_dir.mkdir(parents=True, exist_ok=True)
+    prompts = []
+    for i in range(first_index, first_index + n):
+        scene = make_scene(world, "train", i)
+        path = image_dir / f"train-{i}.png"
+        if not path.exists():
+            render(scene, world).save(path)
+        truth = sorted(scene.truth())
+        prompts.append(Prompt(f"shapes-{i}", tasks.DESCRIBE_PROMPT, str(path), meta={"truth": truth}))
+    return prompts
+
+
+def labeler_agreement(feedback: list[dict], prompts: list[Prompt], world: ShapesWorldConfig) -> dict:
+    """How often the labeler's verdict on a claim naming one object equals the ground truth (object present)."""
+    truth = {p.id: {tuple(o) for o in p.meta["truth"]} for p in prompts}
+    agree = total = 0
+    hall_caught = hall = 0
+    for r in feedback:
+        for claim, verdict in zip(r["claims"], r["verdicts"]):
+            objs = mentioned_objects(claim, world)
+            if len(objs) != 1:
+                continue
+            real = objs[0] in truth[r["prompt_id"]]
+            total += 1
+            agree += verdict == real
+            if not real:
+                hall += 1
+                hall_caught += not verdict
+    return {"agreement": agree / total if total else None, "claims": total,
+            "hallucinated_claims_rejected": hall_caught / hall if hall else None, "hallucinated_claims": hall}
+
+
+def _cached(path: Path, compute):
+    if path.exists():
+        return json.loads(path.read_text())
+    result = compute()
+    write_json(path, result)
+    return result
+
+
+def _loop(config: DemoConfig, prompts: list[Prompt], policy: str, labeler: str | None, work: Path, *,
+          divider: str = "rule", mixed: tuple[DecodingConfig, ...] = ()):
+    from .loop import LoopConfig, run_loop
+    from .stages import FeedbackConfig, GenerateConfig
+    from .train import TrainConfig
+
+    decoding = DecodingConfig(temperature=config.temperature, max_new_tokens=config.max_new_tokens)
+    loop_config = LoopConfig(
+        work_dir=str(work),
+        iterations=config.iterations,
+        labeler=labeler,
+        divider=divider,
+        engine_options={"batch_size": 64},
+        generate=GenerateConfig(n=config.n_candidates, decoding=decoding, run_seed=config.seed, batch_size=32,
+                                mixed_decodings=mixed),
+        feedback=FeedbackConfig(batch_size=64),
+        pairs=PairConfig(max_pairs_per_prompt=config.max_pairs_per_prompt, seed=config.seed),
+        train=TrainConfig(lr=config.lr, beta=config.beta, sft_weight=config.sft_weight, epochs=config.epochs,
+                          per_device_batch_size=config.batch_size, max_length=128, seed=config.seed,
+                          warmup_ratio=0.1, log_every=10),
+        score_batch_size=64,
+        progress=config.progress,
+    )
+    return run_loop(prompts, policy, loop_config)
+
+
+def _evaluate(config: DemoConfig, world: ShapesWorldConfig, model: str, cache: Path) -> dict:
+    from .engines.hf import HFEngine
+
+    def compute():
+        engine = HFEngine(model, batch_size=64)
+        return evaluate_descriptions(engine, world, n_images=config.eval_images, samples=config.eval_samples,
+                                     temperature=config.temperature, max_new_tokens=config.max_new_tokens,
+                                     run_seed=config.seed + 1)
+    return _cached(cache, compute)
+
+
+def run_demo(config: DemoConfig = DemoConfig()) -> dict:
+    from .bon import BoNConfig, run_bon
+    from .engines.hf import HFEngine
+    from .stages import load_stage_records
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # per-load weight bars would drown the stage bars
+    if config.threads:
+        torch.set_num_threads(int(config.threads))
+    t0 = time.time()
+    work = Path(config.work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    policy = config.policy or _shipped("policy")
+    labeler = config.labeler or _shipped("labeler")
+    world = _world_of(policy)
+    first = world.n_train  # images the SFT models never saw
+    prompts = make_prompts(world, config.n_prompts, work / "images", first_index=first)
+    evals = work / "eval"
+
+    qa = _cached(evals / "labeler_qa.json",
+                 lambda: evaluate_qa(HFEngine(labeler, batch_size=64), world, n_images=config.eval_images))
+    qa_self = _cached(evals / "policy_qa.json",
+                      lambda: evaluate_qa(HFEngine(policy, batch_size=64), world, n_images=config.eval_images))
+    rows = [{"name": "SFT policy", **_evaluate(config, world, policy, evals / "sft.json")}]
+
+    runs = {"full": dict(labeler=labeler)}
+    for a in config.ablations:
+        if a == "confounded":
+            t = config.temperature
+            runs[a] = dict(labeler=labeler, mixed=(DecodingConfig(temperature=0.3, max_new_tokens=config.max_new_tokens),
+                                                   DecodingConfig(temperature=t + 0.4,
+                                                                  max_new_tokens=config.max_new_tokens)))
+        elif a == "holistic":
+            runs[a] = dict(labeler=labeler, divider="holistic")
+        else:
+            runs[a] = dict(labeler=None)
+    loops = {}
+    for name, kw in runs.items():
+        result = _loop(config, prompts, policy, kw.pop("labeler"), work / f"loop-{name}", **kw)
+        loops[name] = result
+        iters = range(1, config.iterations + 1) if name == "full" else [config.iterations]
+        for it in iters:
+            model = result.iterations[it].get("policy") if it < config.iterations else result.policy
+            label = f"iteration {it}" if name == "full" else f"ablation: {name}"
+            row = {"name": label, **_evaluate(config, world, model, evals / f"{name}-iter{it}.json")}
+            fb = load_stage_records(work / f"loop-{name}" / f"iter{it - 1}" / "feedback.jsonl")
+            row["labeler_agreement"] = labeler_agreement(fb, prompts, world)
+            rows.append(row)
+
+    # Best-of-N with the self-reward: the final policy against the SFT policy as the reference
+    final = loops["full"].policy
+    heldout_prompts = [
+        Prompt(f"heldout-{i}", tasks.DESCRIBE_PROMPT, render(s, world), meta={"truth": sorted(s.truth())})
+        for i, s in enumerate(heldout(world, config.eval_images))
+    ]
+    bon_path = work / "bon" / "bon.jsonl"
+    run_bon(heldout_prompts, HFEngine(final, batch_size=64), HFEngine(policy, batch_size=64), bon_path,
+            BoNConfig(n=config.bon_n, decoding=DecodingConfig(temperature=config.temperature,
+                                                             max_new_tokens=config.max_new_tokens),
+                      run_seed=config.seed + 2, batch_size=32, score_batch_size=64),
+            progress=config.progress)
+    rows.append(_bon_row(load_stage_records(bon_path), heldout_prompts, world, config.bon_n))
+
+    report = _report(config, world, qa, qa_self, rows, time.time() - t0)
+    write_json(work / "report.json", report)
+    _plot(report, work / "report.png")
+    print(format_table(report))
+    return report
+
+
+def _bon_row(records: list[dict], prompts: list[Prompt], world: ShapesWorldConfig, n: int) -> dict:
+    from .chair import chair_scores
+
+    truth = {p.id: {tuple(o) for o in p.meta["truth"]} for p in prompts}
+    recs = [r for r in records if r["id"] in truth]
+    parse = lambda text: mentioned_objects(text, world)  # noqa: E731
+    picked = chair_scores([r["text"] for r in recs], [truth[r["id"]] for r in recs], parse).as_dict()
+    pool = chair_scores([c["text"] for r in recs for c in r["candidates"]],
+                        [truth[r["id"]] for r in recs for _ in r["candidates"]], parse).as_dict()
+    return {"name": f"Best-of-{n} (final policy)", "greedy": None, "sampled": pool, "bon": picked}
+
+
+def _report(config, world, qa, qa_self, rows, seconds) -> dict:
+    sft = rows[0]
+    full = [r for r in rows if r["name"].startswith("iteration")][-1]
+    targets = {}
+    for mode in ("greedy", "sampled"):
+        for key in ("response_level", "object_level"):
+            targets[f"{mode}_{key}_relative_drop"] = relative_drop(sft[mode], full[mode], key)
+        targets[f"{mode}_recall_relative_change"] = (
+            (full[mode]["recall"] - sft[mode]["recall"]) / sft[mode]["recall"] if sft[mode]["recall"] else 0.0)
+    agreement = full.get("labeler_agreement", {}).get("agreement")
+    checks = {
+        "labeler_competent (QA accuracy >= 0.75)": qa["accuracy"] >= 0.75,
+        "hallucination_halved (greedy and sampled, response and object level)": all(
+            targets[f"{m}_{k}_relative_drop"] >= 0.5 for m in ("greedy", "sampled")
+            for k in ("response_level", "object_level")),
+        "recall_kept (relative drop <= 10%)": all(targets[f"{m}_recall_relative_change"] >= -0.10
+                                                  for m in ("greedy", "sampled")),
+        "labeler_agreement >= 0.90": agreement is not None and agreement >= 0.90,
+    }
+    bon = rows[-1]
+    checks["best_of_n_lowers_hallucination"] = bon["bon"]["response_level"] < bon["sampled"]["response_level"]
+    for r in rows:
+        if r["name"].startswith("ablation"):
+            checks[f"{r['name']} worse than full"] = (
+                r["greedy"]["response_level"] > full["greedy"]["response_level"]
+                or r["greedy"]["object_level"] > full["greedy"]["object_level"])
+    if qa["accuracy"] < 0.6:
+        checks = {"labeler_near_chance: no success reported": False}
+    return {"config": dataclasses.asdict(config), "world": {"cooccurrence": [[list(k), list(v)] for k, v in
+                                                                              world.cooccurrence.items()],
+                                                             "hallucination_rate": world.hallucination_rate},
+            "labeler_qa": qa, "policy_qa": qa_self, "rows": rows, "targets": targets, "checks": checks,
+            "seconds": round(seconds, 1)}
+
+
+def format_table(report: dict) -> str:
+    head = (f"{'':34s} | {'greedy CHAIRs':>13s} {'CHAIRi':>7s} {'recall':>7s} {'len':>5s} | "
+            f"{'sampled CHAIRs':>14s} {'CHAIRi':>7s} {'recall':>7s} {'len':>5s} | {'agree':>6s}")
+    lines = [head, "-" * len(head)]
+
+    def cells(s):
+        if s is None:
+            return f"{'-':>13s} {'-':>7s} {'-':>7s} {'-':>5s}"
+        return (f"{s['response_level']:13.3f} {s['object_level']:7.3f} {s['recall']:7.3f} "
+                f"{s['mean_length_words']:5.1f}")
+
+    for r in report["rows"]:
+        agree = (r.get("labeler_agreement") or {}).get("agreement")
+        greedy = r["greedy"] if r["greedy"] is not None else r.get("bon")
+        name = r["name"] + (" [pick]" if r["greedy"] is None else "")
+        lines.append(f"{name:34s} | {cells(greedy)} | {cells(r['sampled']).replace('    ', '     ', 1)} | "
+                     f"{agree if agree is None else f'{agree:6.3f}'!s:>6s}")
+    qa = report["labeler_qa"]
+    lines.append(f"labeler held-out polar QA accuracy {qa['accuracy']:.3f} (yes rate {qa['yes_rate']:.2f}, "
+                 f"co-occurrence partners {qa['partner_accuracy']:.3f}); policy's own {report['policy_qa']['accuracy']:.3f}")
+    for name, ok in report["checks"].items():
+        lines.append(f"[{'x' if ok else ' '}] {name}")
+    lines.append(f"total {report['seconds']:.0f} s")
+    return "\n".join(lines)
+
+
+def _plot(report: dict, path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # the plot is optional (the `bench` extra); the JSON and table are always written
+        return
+    from .store import atomic_path
+
+    rows = [r for r in report["rows"] if r["greedy"] is not None]
+    names = [r["name"] for r in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for ax, mode in zip(axes, ("greedy", "sampled")):
+        x = range(len(rows))
+        for key, label in (("response_level", "CHAIRs"), ("object_level", "CHAIRi"), ("recall", "recall")):
+            ax.plot(x, [r[mode][key] for r in rows], marker="o", label=label)
+        ax.set_xticks(list(x))
+        ax.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
+        ax.set_title(f"{mode} descriptions (held-out)")
+        ax.set_ylim(0, 1)
+        ax.legend()
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
