@@ -70,7 +70,7 @@ def child(args) -> dict:
         if args.variant == "ours-lm-head-chunked":
             from rlaifv_fast.train import _policy_logps
 
-            logps = _policy_logps(model, batch, ipo=False, path="lm_head_chunked", chunk_rows=1)
+            logps = _policy_logps(model, batch, ipo=False, path="lm_head_chunked")
             P = args.pairs
             loss = rlaifv_fast.dpo_loss(logps[:P], logps[P:], ref[:P], ref[P:]).loss
             loss.backward()

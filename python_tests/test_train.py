@@ -245,7 +245,7 @@ def test_lm_head_chunked_path_equals_the_logits_path(tiny_llava, tmp_path):  # n
     for path in ("logits", "lm_head_chunked"):
         model.zero_grad(set_to_none=True)
         g = torch.tensor([1.0, -2.0, 0.5, 3.0])
-        logps = _policy_logps(model, batch, ipo=False, path=path, chunk_rows=1)
+        logps = _policy_logps(model, batch, ipo=False, path=path)
         (logps * g).sum().backward()
         grads[path] = (logps.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
     (a, ga), (b, gb) = grads["logits"], grads["lm_head_chunked"]

@@ -188,7 +188,6 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--logps-path", choices=("logits", "lm_head_chunked"),
                     help="log-probs from the model's logits (default) or from its hidden states with the LM head run "
                     "per chunk of sequences under checkpointing, so the full logits never exist")
-    tr.add_argument("--logps-chunk-rows", type=int, help="sequences per LM-head chunk for lm_head_chunked (default 1)")
     tr.add_argument("--no-freeze-vision-tower", action="store_true", default=None,
                     help="train the vision encoder too (frozen by default)")
     tr.add_argument("--lora", action="store_true", default=None, help="train LoRA adapters on the language model "
@@ -362,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
             "per_device_batch_size": args.batch_size, "gradient_accumulation_steps": args.grad_accum,
             "max_length": args.max_length, "seed": args.seed, "save_every": args.save_every,
             "save_total_limit": args.save_total_limit, "log_every": args.log_every,
-            "logps_path": args.logps_path, "logps_chunk_rows": args.logps_chunk_rows,
+            "logps_path": args.logps_path,
         }
         config = TrainConfig(
             **{k: v for k, v in given.items() if v is not None},

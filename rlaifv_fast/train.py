@@ -77,8 +77,8 @@ class TrainConfig:
     max_length: tokens per sequence (prompt + image tokens + response + EOS); longer sequences lose response tokens
         from the right, never prompt or image tokens (counted in TrainResult.truncated).
     Log-probs: logps_path "logits" (the model's logits from the first response position, then sequence_logps) or
-        "lm_head_chunked" (hidden states, then the LM head per chunk of logps_chunk_rows sequences under activation
-        checkpointing: the full (2P, T, V) logits never exist).
+        "lm_head_chunked" (the last hidden states, then linear_sequence_logps: the LM head fused with the log-probs in
+        bounded tiles, so the full (2P, T, V) logits never exist).
     Model: bf16 (autocast; off by default, as on CPU), gradient_checkpointing, freeze_vision_tower (vision encoder
         requires_grad False), lora (a LoRAConfig, or None for full fine-tuning; needs `peft`), trust_remote_code.
     Run: seed (data order, LoRA init), output_dir, save_every (checkpoint every N optimiser steps; 0: only the last
@@ -105,7 +105,6 @@ class TrainConfig:
     bf16: bool = False
     gradient_checkpointing: bool = False
     logps_path: str = "logits"
-    logps_chunk_rows: int = 1
     freeze_vision_tower: bool = True
     lora: LoRAConfig | None = None
     trust_remote_code: bool = False
@@ -121,8 +120,6 @@ class TrainConfig:
         self.dpo  # validates beta, loss_type and label_smoothing
         if self.logps_path not in LOGPS_PATHS:
             raise ValueError(f"TrainConfig.logps_path must be one of {LOGPS_PATHS}, got {self.logps_path!r}")
-        if int(self.logps_chunk_rows) < 1:
-            raise ValueError(f"TrainConfig.logps_chunk_rows must be >= 1, got {self.logps_chunk_rows}")
         for name in ("epochs", "per_device_batch_size", "gradient_accumulation_steps", "max_length", "log_every"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
@@ -286,13 +283,13 @@ def _optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optim
 LOGPS_PATHS = ("logits", "lm_head_chunked")
 
 
-def _policy_logps(model, batch, *, ipo: bool, path: str = "logits", chunk_rows: int = 1) -> torch.Tensor:
+def _policy_logps(model, batch, *, ipo: bool, path: str = "logits") -> torch.Tensor:
     """Per-sequence log-probs of the [chosen; rejected] batch: one forward, logits from the shortest prompt on.
 
     path "logits": the model's logits (B, T', V) then sequence_logps. path "lm_head_chunked": the model returns its
     last hidden states (and one position of logits), and linear_sequence_logps (op 4) applies the LM head fused with
     the log-probs, so the (B, T', V) logits never exist, in the forward or the backward (which recomputes them in
-    bounded tiles). `chunk_rows` is no longer needed (the op bounds its own memory) and is ignored."""
+    bounded tiles)."""
     T = batch.labels.shape[1]
     labels = batch.labels[:, batch.offset :]
     if path == "logits":
@@ -446,8 +443,7 @@ def train_dpo(
                     with accelerator.autocast():
                         rows = index.tolist()
                         encoded, ref_c, ref_r = data.encode(rows)
-                        logps = _policy_logps(model, collate(engine, encoded), ipo=ipo, path=config.logps_path,
-                                              chunk_rows=int(config.logps_chunk_rows))
+                        logps = _policy_logps(model, collate(engine, encoded), ipo=ipo, path=config.logps_path)
                     pi_c, pi_r = logps.float().chunk(2)
                     ref_c = torch.tensor(ref_c, dtype=pi_c.dtype, device=pi_c.device)
                     ref_r = torch.tensor(ref_r, dtype=pi_c.dtype, device=pi_c.device)

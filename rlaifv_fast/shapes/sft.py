@@ -78,6 +78,7 @@ class SFTConfig:
     head_dim: int = 32
     # data
     polar_per_image: int = 4
+    holistic_fraction: float = 0.25  # labeler: images that also get a holistic accurate/inaccurate question pair
     n_single: int = 1000  # single-object scenes for the curriculum
     # optimisation
     vision_pretrain_steps: int = 300
@@ -164,7 +165,7 @@ def build_pools(config: SFTConfig, engine) -> tuple[_Pool, _Pool, torch.Tensor]:
         objs = biased_objects(scene, rng, world) if config.role == "policy" else tasks.reference_objects(scene)
         examples = [(tasks.DESCRIBE_PROMPT, tasks.description_text(objs))]
         examples += tasks.polar_examples(scene, rng, config.polar_per_image, world)
-        if config.role == "labeler":
+        if config.role == "labeler" and rng.random() < config.holistic_fraction:
             examples += tasks.holistic_examples(scene, rng, world)
         for prompt, answer in examples:
             main.add(*enc.example(prompt, answer), i)
