@@ -149,3 +149,11 @@ def test_coco_chair_errors(tmp_path):
     badsyn.write_text("dog, , puppy\n")
     with pytest.raises(ValueError, match="malformed synonym line"):
         CocoChair(inst, badsyn)
+
+
+def test_repetition_counts_objects_named_again_in_the_same_answer():
+    truth = [{("red", "circle"), ("blue", "square")}]
+    s = chair_scores(["a red circle. a red circle. a blue square. a red circle."], truth)
+    assert (s.n_mentions, s.n_repeated_mentions) == (4, 2)
+    assert s.repetition == 0.5 and s.object_level == 0.0 and s.recall == 1.0
+    assert chair_scores(["a red circle. a blue square."], truth).repetition == 0.0

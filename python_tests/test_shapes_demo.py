@@ -159,7 +159,7 @@ def _demo(work, *extra):
     cmd = [sys.executable, "-m", "rlaifv_fast.cli", "demo", "--work-dir", str(work), "--iterations", "1",
            "--n-prompts", "6", "--n-candidates", "4", "--eval-images", "6", "--eval-samples", "2", "--bon-n", "2",
            "--epochs", "1", "--threads", "1", "--no-progress", *extra]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=work.parent)
     assert out.returncode == 0, out.stderr[-3000:]
     return out.stdout, json.loads((work / "report.json").read_text())
 

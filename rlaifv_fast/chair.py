@@ -9,6 +9,8 @@ Definitions (over a set of answers):
   object_level  (CHAIRi)  = hallucinated mentions / all mentions (every mention counts, duplicates included)
   recall                  = distinct true objects mentioned / true objects (summed over answers)
   mean_length_words       = mean whitespace-separated word count of the answers
+  repetition              = repeated mentions (an object named again in the same answer) / all mentions: a
+                            degenerate way to stay long without hallucinating, shown so it cannot hide
 A rate whose denominator is zero is reported as 0.0; ``n_mentioning``, ``n_mentions`` and ``n_true`` show when.
 """
 
@@ -34,6 +36,8 @@ class ChairScores:
     n_mentions: int = 0
     n_hallucinated_mentions: int = 0
     n_true: int = 0
+    repetition: float = 0.0
+    n_repeated_mentions: int = 0
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -56,7 +60,7 @@ def chair_scores(
     if len(answers) != len(truths):
         raise ValueError(f"{len(answers)} answers but {len(truths)} ground-truth sets")
     parse = parser if parser is not None else mentioned_objects
-    n_mentioning = n_hallucinating = n_mentions = n_hall = n_true = n_recalled = 0
+    n_mentioning = n_hallucinating = n_mentions = n_hall = n_true = n_recalled = n_repeated = 0
     total_words = 0
     for text, truth in zip(answers, truths):
         if not isinstance(text, str):
@@ -66,6 +70,7 @@ def chair_scores(
         hall = sum(1 for m in mentions if m not in truth)
         total_words += len(text.split())
         n_mentions += len(mentions)
+        n_repeated += len(mentions) - len(set(mentions))
         n_hall += hall
         if mentions:
             n_mentioning += 1
@@ -84,6 +89,8 @@ def chair_scores(
         n_mentions=n_mentions,
         n_hallucinated_mentions=n_hall,
         n_true=n_true,
+        repetition=n_repeated / n_mentions if n_mentions else 0.0,
+        n_repeated_mentions=n_repeated,
     )
 
 

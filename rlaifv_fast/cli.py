@@ -34,6 +34,13 @@ def _engine_option(text: str) -> tuple[str, Any]:
         return key.strip(), value
 
 
+def _bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value not in ("true", "false", "1", "0", "yes", "no"):
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return value in ("true", "1", "yes")
+
+
 def _words(text: str) -> tuple[str, ...]:
     words = tuple(w for w in (s.strip() for s in text.split(",")) if w)
     if not words:
@@ -246,6 +253,8 @@ def _add_fields(p: argparse.ArgumentParser, fields) -> None:
         kind = type(f.default) if f.default is not None else str
         if f.name == "threads":
             kind = int
+        elif kind is bool:
+            kind = _bool
         p.add_argument("--" + f.name.replace("_", "-"), type=kind, help=f"default {f.default}")
 
 

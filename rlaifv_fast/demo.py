@@ -28,7 +28,7 @@ from .data import Prompt
 from .engines.base import DecodingConfig
 from .pairs import PairConfig
 from .shapes import tasks
-from .shapes.evaluate import evaluate_descriptions, evaluate_qa, heldout, relative_drop
+from .shapes.evaluate import evaluate_descriptions, evaluate_holistic, evaluate_qa, heldout, relative_drop
 from .shapes.sft import demo_world
 from .shapes.world import ShapesWorldConfig, make_scene, mentioned_objects, render
 from .store import write_json
@@ -44,7 +44,7 @@ class DemoConfig:
     work_dir: str = "rlaifv-demo"
     policy: str | None = None  # None: the shipped SFT policy
     labeler: str | None = None  # None: the shipped labeler
-    iterations: int = 2
+    iterations: int = 3
     n_prompts: int = 400  # train-distribution images per iteration
     n_candidates: int = 8
     temperature: float = 0.9
@@ -59,6 +59,10 @@ class DemoConfig:
     epochs: int = 2
     batch_size: int = 8
     max_pairs_per_prompt: int = 2
+    # Off here, unlike the method's default: in this world a hallucination is an ADDED sentence, so the accurate
+    # answer is rightly shorter, and balancing chosen/rejected lengths rewarded padding with repeated true objects
+    # (measured: the hallucination fell, but answers grew and repetition rose). The `rep` column keeps it visible.
+    length_balance: bool = False
     ablations: tuple[str, ...] = ()
     seed: int = 0
     threads: int | None = None
@@ -110,23 +114,25 @@ def make_prompts(world: ShapesWorldConfig, n: int, image_dir: Path, *, first_ind
 
 
 def labeler_agreement(feedback: list[dict], prompts: list[Prompt], world: ShapesWorldConfig) -> dict:
-    """How often the labeler's verdict on a claim naming one object equals the ground truth (object present)."""
+    """How often the labeler's verdict on a claim equals the ground truth: a claim is true when every object it names
+    is in the image (claims naming no object are not counted). Works for one-object claims (rule divider) and whole
+    answers (holistic ablation) alike."""
     truth = {p.id: {tuple(o) for o in p.meta["truth"]} for p in prompts}
     agree = total = 0
     hall_caught = hall = 0
     for r in feedback:
         for claim, verdict in zip(r["claims"], r["verdicts"]):
             objs = mentioned_objects(claim, world)
-            if len(objs) != 1:
+            if not objs:
                 continue
-            real = objs[0] in truth[r["prompt_id"]]
+            real = all(o in truth[r["prompt_id"]] for o in objs)
             total += 1
             agree += verdict == real
             if not real:
                 hall += 1
                 hall_caught += not verdict
     return {"agreement": agree / total if total else None, "claims": total,
-            "hallucinated_claims_rejected": hall_caught / hall if hall else None, "hallucinated_claims": hall}
+            "false_claims_rejected": hall_caught / hall if hall else None, "false_claims": hall}
 
 
 def _cached(path: Path, compute):
@@ -153,7 +159,8 @@ def _loop(config: DemoConfig, prompts: list[Prompt], policy: str, labeler: str |
         generate=GenerateConfig(n=config.n_candidates, decoding=decoding, run_seed=config.seed, batch_size=32,
                                 mixed_decodings=mixed),
         feedback=FeedbackConfig(batch_size=64),
-        pairs=PairConfig(max_pairs_per_prompt=config.max_pairs_per_prompt, seed=config.seed),
+        pairs=PairConfig(max_pairs_per_prompt=config.max_pairs_per_prompt, seed=config.seed,
+                         length_balance=config.length_balance),
         train=TrainConfig(lr=config.lr, beta=config.beta, sft_weight=config.sft_weight, epochs=config.epochs,
                           per_device_batch_size=config.batch_size, max_length=128, seed=config.seed,
                           warmup_ratio=0.1, log_every=10),
@@ -194,8 +201,12 @@ def run_demo(config: DemoConfig = DemoConfig()) -> dict:
     prompts = make_prompts(world, config.n_prompts, work / "images", first_index=first)
     evals = work / "eval"
 
-    qa = _cached(evals / "labeler_qa.json",
-                 lambda: evaluate_qa(HFEngine(labeler, batch_size=64), world, n_images=config.eval_images))
+    def labeler_skills():
+        engine = HFEngine(labeler, batch_size=64)
+        return {**evaluate_qa(engine, world, n_images=config.eval_images),
+                "holistic": evaluate_holistic(engine, world, n_images=config.eval_images)}
+
+    qa = _cached(evals / "labeler_qa.json", labeler_skills)
     qa_self = _cached(evals / "policy_qa.json",
                       lambda: evaluate_qa(HFEngine(policy, batch_size=64), world, n_images=config.eval_images))
     rows = [{"name": "SFT policy", **_evaluate(config, world, policy, evals / "sft.json")}]
@@ -279,7 +290,7 @@ def _report(config, world, qa, qa_self, rows, seconds) -> dict:
     bon = rows[-1]
     checks["best_of_n_lowers_hallucination"] = bon["bon"]["response_level"] < bon["sampled"]["response_level"]
     for r in rows:
-        if r["name"].startswith("ablation"):
+        if r["name"] in ("ablation: confounded", "ablation: holistic"):
             checks[f"{r['name']} worse than full"] = (
                 r["greedy"]["response_level"] > full["greedy"]["response_level"]
                 or r["greedy"]["object_level"] > full["greedy"]["object_level"])
@@ -293,25 +304,29 @@ def _report(config, world, qa, qa_self, rows, seconds) -> dict:
 
 
 def format_table(report: dict) -> str:
-    head = (f"{'':34s} | {'greedy CHAIRs':>13s} {'CHAIRi':>7s} {'recall':>7s} {'len':>5s} | "
-            f"{'sampled CHAIRs':>14s} {'CHAIRi':>7s} {'recall':>7s} {'len':>5s} | {'agree':>6s}")
-    lines = [head, "-" * len(head)]
+    cols = f"{'CHAIRs':>7s} {'CHAIRi':>7s} {'recall':>7s} {'len':>5s} {'rep':>5s}"
+    width = len(cols)
+    head = f"{'':34s} | {'greedy':^{width}s} | {'sampled':^{width}s} | {'agree':>6s}"
+    lines = [head, f"{'':34s} | {cols} | {cols} |", "-" * len(head)]
 
     def cells(s):
         if s is None:
-            return f"{'-':>13s} {'-':>7s} {'-':>7s} {'-':>5s}"
-        return (f"{s['response_level']:13.3f} {s['object_level']:7.3f} {s['recall']:7.3f} "
-                f"{s['mean_length_words']:5.1f}")
+            return " " * width
+        return (f"{s['response_level']:7.3f} {s['object_level']:7.3f} {s['recall']:7.3f} "
+                f"{s['mean_length_words']:5.1f} {s.get('repetition', 0.0):5.3f}")
 
     for r in report["rows"]:
         agree = (r.get("labeler_agreement") or {}).get("agreement")
         greedy = r["greedy"] if r["greedy"] is not None else r.get("bon")
         name = r["name"] + (" [pick]" if r["greedy"] is None else "")
-        lines.append(f"{name:34s} | {cells(greedy)} | {cells(r['sampled']).replace('    ', '     ', 1)} | "
-                     f"{agree if agree is None else f'{agree:6.3f}'!s:>6s}")
+        agree_text = "-" if agree is None else f"{agree:.3f}"
+        lines.append(f"{name:34s} | {cells(greedy)} | {cells(r['sampled'])} | {agree_text:>6s}")
     qa = report["labeler_qa"]
     lines.append(f"labeler held-out polar QA accuracy {qa['accuracy']:.3f} (yes rate {qa['yes_rate']:.2f}, "
-                 f"co-occurrence partners {qa['partner_accuracy']:.3f}); policy's own {report['policy_qa']['accuracy']:.3f}")
+                 f"co-occurrence partners {qa['partner_accuracy']:.3f}; whole-description questions "
+                 f"{qa['holistic']['accuracy']:.3f}); SFT policy's own polar QA {report['policy_qa']['accuracy']:.3f}")
+    lines.append("agree: the labeler's verdicts on that run's claims vs the ground truth; [pick]: Best-of-N picks in "
+                 "the greedy columns, all its candidates in the sampled ones")
     for name, ok in report["checks"].items():
         lines.append(f"[{'x' if ok else ' '}] {name}")
     lines.append(f"total {report['seconds']:.0f} s")

@@ -43,6 +43,21 @@ def evaluate_qa(engine, world: ShapesWorldConfig, *, n_images: int | None = None
     }
 
 
+def evaluate_holistic(engine, world: ShapesWorldConfig, *, n_images: int | None = None, seed: int = 0) -> dict:
+    """Accuracy of the engine's verdicts on whole descriptions ("Is this description of the image accurate? ..."):
+    per held-out image one accurate description and one with an absent object added or swapped in."""
+    rng = np.random.default_rng([seed, 23])
+    requests, truth = [], []
+    for i, scene in enumerate(heldout(world, n_images)):
+        image = render(scene, world)
+        for k, (prompt, answer) in enumerate(tasks.holistic_examples(scene, rng, world)):
+            requests.append(YesNoRequest(f"{i}:{k}", prompt[: -len(tasks.YES_NO_SUFFIX)], image))
+            truth.append(answer == "yes")
+    said = np.array([r.accepted for r in engine.yes_no(requests)])
+    return {"accuracy": float((said == np.array(truth)).mean()), "yes_rate": float(said.mean()),
+            "n_questions": int(len(requests))}
+
+
 def evaluate_descriptions(engine, world: ShapesWorldConfig, *, n_images: int | None = None, samples: int = 0,
                           temperature: float = 0.7, max_new_tokens: int = 40, run_seed: int = 0) -> dict:
     """CHAIR of greedy descriptions (and of `samples` sampled ones per image when > 0) of held-out images."""
