@@ -361,6 +361,15 @@ class HFEngine:
         return self._move(batch)
 
     # ------------------------------------------------------------------ sampling
+    def _encode_requests(self, requests: Sequence[SampleRequest]) -> list[tuple[list[int], dict | None]]:
+        """(prompt ids, image inputs) per request: the chat prompt of its text, with its image when it has one."""
+        encoded = []
+        for req in requests:
+            image = load_image(req.image) if req.image is not None else None
+            ids, mms = self._encode_group([self.render(req.prompt, image=image is not None)], image)
+            encoded.append((ids[0], mms[0]))
+        return encoded
+
     def sample(
         self, requests: Sequence[SampleRequest], n: int, decoding: DecodingConfig, *, run_seed: int
     ) -> list[list[Sample]]:
@@ -370,11 +379,7 @@ class HFEngine:
         if not isinstance(decoding, DecodingConfig):
             raise TypeError(f"decoding must be a DecodingConfig, got {type(decoding).__name__}")
         requests = list(requests)
-        encoded = []
-        for req in requests:
-            image = load_image(req.image) if req.image is not None else None
-            ids, mms = self._encode_group([self.render(req.prompt, image=image is not None)], image)
-            encoded.append((ids[0], mms[0]))
+        encoded = self._encode_requests(requests)
         rows = [(r, j) for r in range(len(requests)) for j in range(int(n))]
         rows.sort(key=lambda rj: len(encoded[rj[0]][0]))  # less padding; results do not depend on the batch
         results: list[list[Sample | None]] = [[None] * int(n) for _ in requests]
@@ -394,11 +399,7 @@ class HFEngine:
         if int(max_new_tokens) < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         requests = list(requests)
-        encoded = []
-        for req in requests:
-            image = load_image(req.image) if req.image is not None else None
-            ids, mms = self._encode_group([self.render(req.prompt, image=image is not None)], image)
-            encoded.append((ids[0], mms[0]))
+        encoded = self._encode_requests(requests)
         order = sorted(range(len(requests)), key=lambda i: len(encoded[i][0]))
         out: list[Sample | None] = [None] * len(requests)
         for start in range(0, len(order), self.batch_size):
