@@ -237,7 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--no-progress", action="store_true", default=None, help="hide progress bars")
     dm.add_argument("--ablation", action="append", choices=("confounded", "holistic", "self", "all"),
                     help="also run an ablation loop (repeatable; 'all' runs the three)")
-    _add_fields(dm, _demo_fields())
+    from .demo import FIELD_HELP
+
+    _add_fields(dm, _demo_fields(), FIELD_HELP)
     return parser
 
 
@@ -247,7 +249,7 @@ def _demo_fields():
     return [f for f in dataclasses.fields(DemoConfig) if f.name not in ("ablations", "progress")]
 
 
-def _add_fields(p: argparse.ArgumentParser, fields) -> None:
+def _add_fields(p: argparse.ArgumentParser, fields, helps: dict[str, str]) -> None:
     """One flag per dataclass field (--work-dir for work_dir), typed by the field's default."""
     for f in fields:
         kind = type(f.default) if f.default is not None else str
@@ -255,7 +257,7 @@ def _add_fields(p: argparse.ArgumentParser, fields) -> None:
             kind = int
         elif kind is bool:
             kind = _bool
-        p.add_argument("--" + f.name.replace("_", "-"), type=kind, help=f"default {f.default}")
+        p.add_argument("--" + f.name.replace("_", "-"), type=kind, help=helps[f.name] + ("" if f.default is None else f" (default {f.default})"))
 
 
 def _load_config(path: str | None, command: str, parser: argparse.ArgumentParser) -> dict[str, Any]:

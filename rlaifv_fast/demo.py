@@ -77,6 +77,30 @@ class DemoConfig:
                 raise ValueError(f"DemoConfig.{name} must be >= 1, got {getattr(self, name)}")
 
 
+FIELD_HELP = {
+    "work_dir": "output folder (report.json, report.png, every stage's files); re-running resumes",
+    "policy": "the initial policy folder (default: the shipped SFT policy)",
+    "labeler": "the separate labeler folder (default: the shipped labeler)",
+    "iterations": "RLAIF-V iterations K",
+    "n_prompts": "new train-distribution images per iteration",
+    "n_candidates": "candidates sampled per image (one decoding setting)",
+    "temperature": "sampling temperature of candidates, sampled evaluation and Best-of-N",
+    "max_new_tokens": "longest answer in tokens",
+    "eval_images": "held-out images evaluated after each iteration",
+    "eval_samples": "sampled descriptions per held-out image (besides the greedy one)",
+    "bon_n": "Best-of-N candidates per held-out image",
+    "lr": "DPO learning rate (full fine-tuning of the tiny model)",
+    "beta": "DPO beta",
+    "sft_weight": "weight of the SFT term on the chosen answers",
+    "epochs": "DPO epochs over each iteration's pairs",
+    "batch_size": "pairs per DPO step",
+    "max_pairs_per_prompt": "preference pairs kept per image",
+    "length_balance": "balance chosen/rejected lengths when picking pairs (true/false; off here, see DemoConfig)",
+    "seed": "run seed (sampling, pairs, DPO data order)",
+    "threads": "torch CPU threads (default: torch's choice)",
+}
+
+
 def _shipped(name: str) -> str:
     path = CHECKPOINTS / name
     if not (path / "config.json").exists():
