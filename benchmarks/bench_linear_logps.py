@@ -44,7 +44,6 @@ import os
 import platform
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -254,20 +253,7 @@ def interleaved_times(calls: dict, device: str, repeats: int) -> tuple[dict, dic
             if variant in errors:
                 continue
             try:
-                setup()
-                bench_ops.sync(device)
-                if device == "cuda":
-                    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                    start.record()
-                    result = call()
-                    end.record()
-                    end.synchronize()
-                    elapsed = start.elapsed_time(end)
-                else:
-                    t0 = time.perf_counter()
-                    result = call()
-                    elapsed = (time.perf_counter() - t0) * 1e3
-                del result
+                elapsed = bench_ops.time_once(setup, call, device)
             except Exception as e:
                 errors[variant] = f"{type(e).__name__}: {e}"
                 continue

@@ -274,26 +274,28 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def time_once(setup, call, device: str) -> float:
+    """Milliseconds of one call() after setup() (CUDA events on the GPU, wall clock on the CPU)."""
+    setup()
+    sync(device)
+    if device == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        result = call()
+        end.record()
+        end.synchronize()
+        elapsed = start.elapsed_time(end)
+    else:
+        t0 = time.perf_counter()
+        result = call()
+        elapsed = (time.perf_counter() - t0) * 1e3
+    del result
+    return elapsed
+
+
 def time_call(setup, call, device: str, repeats: int) -> list[float]:
-    times = []
-    for i in range(repeats + 1):  # the first run is the warm-up
-        setup()
-        sync(device)
-        if device == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            result = call()
-            end.record()
-            end.synchronize()
-            elapsed = start.elapsed_time(end)
-        else:
-            t0 = time.perf_counter()
-            result = call()
-            elapsed = (time.perf_counter() - t0) * 1e3
-        del result
-        if i > 0:
-            times.append(elapsed)
-    return times
+    times = [time_once(setup, call, device) for _ in range(repeats + 1)]
+    return times[1:]  # the first run is the warm-up
 
 
 # ----------------------------------------------------------------------------------------------------------------------
