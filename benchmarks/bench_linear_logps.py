@@ -39,7 +39,6 @@ import argparse
 import datetime
 import gc
 import json
-import multiprocessing as mp
 import os
 import platform
 import statistics
@@ -222,26 +221,6 @@ def cpu_extra_peak(ctx, shape, dtype_name, variant, phase, threads, frozen, chun
     return out["extra"]
 
 
-def start_forkserver():
-    ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(["torch", "torch._dynamo", "rlaifv_fast"])
-    saved = os.environ.get("MALLOC_MMAP_THRESHOLD_")
-    os.environ["MALLOC_MMAP_THRESHOLD_"] = bench_ops.MMAP_THRESHOLD
-    cwd = os.getcwd()
-    os.chdir(Path(__file__).resolve().parent)  # the forkserver must not import the source tree's rlaifv_fast
-    try:
-        warm = ctx.Process(target=bench_ops._noop)
-        warm.start()
-        warm.join()
-    finally:
-        os.chdir(cwd)
-        if saved is None:
-            os.environ.pop("MALLOC_MMAP_THRESHOLD_", None)
-        else:
-            os.environ["MALLOC_MMAP_THRESHOLD_"] = saved
-    return ctx
-
-
 def interleaved_times(calls: dict, device: str, repeats: int) -> tuple[dict, dict]:
     """Per variant, `repeats` timed calls after one warm-up each, taken round-robin (variant A, B, C, A, B, C, ...)
     so that load from other processes on a shared machine hits every variant alike. A variant that raises (a
@@ -343,7 +322,7 @@ def main(argv=None) -> int:
     cases = QUICK if args.quick else CASES[device]
     chunk_bytes = int(args.chunk_mib * MIB) if args.chunk_mib else None
     set_chunk_bytes(chunk_bytes)
-    ctx = start_forkserver() if device == "cpu" and not args.no_memory else None
+    ctx = bench_ops.start_forkserver() if device == "cpu" and not args.no_memory else None
 
     rows = []
     for shape, head in [(s, hd) for s in cases for hd in args.heads]:

@@ -373,30 +373,37 @@ def _noop() -> None:
     pass
 
 
+def start_forkserver():
+    """A forkserver context with torch and rlaifv_fast preloaded, its server started now (not during a measurement),
+    with the benchmark's malloc threshold in its environment."""
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(["torch", "torch._dynamo", "rlaifv_fast"])  # custom ops import dynamo lazily (~1.5 s)
+    saved = os.environ.get("MALLOC_MMAP_THRESHOLD_")
+    os.environ["MALLOC_MMAP_THRESHOLD_"] = MMAP_THRESHOLD  # read by the forkserver's libc at start-up
+    cwd = os.getcwd()
+    # The forkserver runs `python -c ...`, which puts its working folder first on sys.path: start it from this
+    # script's folder so that a run from the repository root does not import the source tree's rlaifv_fast.
+    os.chdir(Path(__file__).resolve().parent)
+    try:
+        warm = ctx.Process(target=_noop)
+        warm.start()
+        warm.join()
+    finally:
+        os.chdir(cwd)
+        if saved is None:
+            os.environ.pop("MALLOC_MMAP_THRESHOLD_", None)
+        else:
+            os.environ["MALLOC_MMAP_THRESHOLD_"] = saved
+    return ctx
+
+
 class CpuMemoryMeter:
     """One fresh forkserver child per measurement, joined before the parent goes on (so that no process starting
     up or exiting competes with the timed calls for the cores)."""
 
     def __init__(self, threads: int):
         self.threads = threads
-        self.ctx = mp.get_context("forkserver")
-        self.ctx.set_forkserver_preload(["torch", "torch._dynamo", "rlaifv_fast"])  # custom ops import dynamo lazily (~1.5 s)
-        saved = os.environ.get("MALLOC_MMAP_THRESHOLD_")
-        os.environ["MALLOC_MMAP_THRESHOLD_"] = MMAP_THRESHOLD  # read by the forkserver's libc at start-up
-        cwd = os.getcwd()
-        # The forkserver runs `python -c ...`, which puts its working folder first on sys.path: start it from this
-        # script's folder so that a run from the repository root does not import the source tree's rlaifv_fast.
-        os.chdir(Path(__file__).resolve().parent)
-        try:
-            warm = self.ctx.Process(target=_noop)  # starts the forkserver now, not during a measurement
-            warm.start()
-            warm.join()
-        finally:
-            os.chdir(cwd)
-            if saved is None:
-                os.environ.pop("MALLOC_MMAP_THRESHOLD_", None)
-            else:
-                os.environ["MALLOC_MMAP_THRESHOLD_"] = saved
+        self.ctx = start_forkserver()
         self.method = None
 
     def measure(self, op, shape, dtype_name, variant, phase) -> tuple[int, int]:
