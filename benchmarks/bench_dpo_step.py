@@ -47,7 +47,7 @@ def child(args) -> dict:
     import rlaifv_fast
     from rlaifv_fast.engines.hf import HFEngine
     from rlaifv_fast.ops.reference import sequence_logps_reference
-    from rlaifv_fast.scoring import Triple, collate, encode_triples
+    from rlaifv_fast.pipeline.scoring import Triple, collate, encode_triples
 
     torch.manual_seed(0)
     engine = HFEngine(args.model_dir, dtype="float32")
@@ -68,7 +68,7 @@ def child(args) -> dict:
 
     def step():
         if args.variant == "ours-lm-head-chunked":
-            from rlaifv_fast.train import _policy_logps
+            from rlaifv_fast.pipeline.train import _policy_logps
 
             logps = _policy_logps(model, batch, ipo=False, path="lm_head_chunked")
             P = args.pairs

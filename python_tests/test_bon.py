@@ -10,13 +10,13 @@ import torch
 from fixtures_tiny import make_images, png_bytes, tiny_llava  # noqa: F401
 
 from rlaifv_fast import bon_rewards
-from rlaifv_fast.bon import BoNConfig, bon_report, report_path_for, run_bon
+from rlaifv_fast.pipeline.bon import BoNConfig, bon_report, report_path_for, run_bon
 from rlaifv_fast.cli import main
-from rlaifv_fast.data import Prompt
+from rlaifv_fast.pipeline.data import Prompt
 from rlaifv_fast.engines.base import DecodingConfig
 from rlaifv_fast.engines.hf import HFEngine
-from rlaifv_fast.scoring import Triple, collate, encode_triples
-from rlaifv_fast.store import read_records
+from rlaifv_fast.pipeline.scoring import Triple, collate, encode_triples
+from rlaifv_fast.pipeline.store import read_records
 
 N = 4
 CONFIG = BoNConfig(n=N, beta=0.1, decoding=DecodingConfig(temperature=1.0, max_new_tokens=8), run_seed=3,
@@ -144,7 +144,7 @@ def test_cli_bon(policy_path, tiny_llava, tmp_path, capsys):  # noqa: F811
     out = tmp_path / "bon.jsonl"
     assert main(["bon", "--prompts", str(prompts), "--policy", str(policy_path), "--reference", str(tiny_llava),
                  "--out", str(out), "--n", "3", "--beta", "0.5", "--max-new-tokens", "5", "--temperature", "1.0",
-                 "--seed", "7", "--batch-size", "1", "--no-length-normalize", "--no-progress"]) == 0
+                 "--run-seed", "7", "--batch-size", "1", "--no-length-normalize", "--no-progress"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["stage"] == "bon" and summary["written"] == 2
     records = list(read_records(out))
@@ -159,5 +159,5 @@ def test_cli_bon(policy_path, tiny_llava, tmp_path, capsys):  # noqa: F811
         main(["bon", "--help"])
     text = capsys.readouterr().out
     for option in ("--policy", "--reference", "--n", "--beta", "--no-length-normalize", "--temperature",
-                   "--max-new-tokens", "--seed", "--batch-size"):
+                   "--max-new-tokens", "--run-seed", "--batch-size", "--engine", "--score-batch-size", "--shard"):
         assert option in text

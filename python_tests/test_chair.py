@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from rlaifv_fast.chair import ChairScores, CocoChair, chair_scores
+from rlaifv_fast.eval.chair import ChairScores, CocoChair, chair_scores
 from rlaifv_fast.shapes import ShapesWorldConfig, describe, make_split
 
 

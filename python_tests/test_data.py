@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from rlaifv_fast.data import PromptError, load_prompts, shard, write_rlaifv_parquet, write_trl_parquet
+from rlaifv_fast.pipeline.data import PromptError, load_prompts, write_rlaifv_parquet, write_trl_parquet
 
 
 def png(color="red"):
@@ -97,12 +97,3 @@ def test_trl_schema(tmp_path):
                                                "images": [{"bytes": png(), "path": None}]}])
     table = pq.read_table(tmp_path / "t.parquet")
     assert table.column_names == ["prompt", "chosen", "rejected", "images"]
-
-
-def test_shards_partition_the_prompts(image_dir):
-    path = image_dir / "p.jsonl"
-    write_jsonl(path, [{"id": f"r{i}", "image": "img/a.png", "question": f"q{i}"} for i in range(40)])
-    prompts, _ = load_prompts(path)
-    parts = [shard(prompts, i, 3) for i in range(3)]
-    ids = sorted(p.id for part in parts for p in part)
-    assert ids == sorted(p.id for p in prompts) and all(parts)

@@ -15,7 +15,7 @@ try:
 except ImportError:  # the GPU machine may lack hypothesis
     given = None
 
-from rlaifv_fast.divide import (
+from rlaifv_fast.pipeline.divide import (
     CLAIMS_PROMPT,
     QUESTION_PROMPT,
     Divider,

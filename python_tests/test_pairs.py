@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from rlaifv_fast.pairs import LENGTH_BALANCE_RS, PairConfig, PairReport, PreferencePair, ScoredCandidate, make_pairs
+from rlaifv_fast.pipeline.pairs import LENGTH_BALANCE_RS, PairConfig, PairReport, PreferencePair, ScoredCandidate, make_pairs
 
 
 def cand(cid, pid, text, score, n_claims=3):

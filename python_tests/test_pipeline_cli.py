@@ -13,7 +13,7 @@ import pytest
 
 from fixtures_tiny import make_images, tiny_llava  # noqa: F401
 from rlaifv_fast.cli import main
-from rlaifv_fast.store import read_records
+from rlaifv_fast.pipeline.store import read_records
 
 QUESTIONS = ["Describe the image.", "What is in the image?"]
 
@@ -35,9 +35,9 @@ def prompts_file(tmp_path_factory):
 def test_generate_feedback_pairs(tiny_llava, prompts_file, tmp_path, capsys):  # noqa: F811
     cands, fb, out = tmp_path / "candidates.jsonl", tmp_path / "feedback.jsonl", tmp_path / "pairs"
     config = tmp_path / "config.yaml"
-    config.write_text(f"prompts: {prompts_file}\nno_progress: true\ngenerate:\n  n: 4\n  max_new_tokens: 12\n")
+    config.write_text(f"prompts: {prompts_file}\nprogress: false\ngenerate:\n  n: 4\n  max_new_tokens: 12\n")
     assert main(["--config", str(config), "generate", "--model", str(tiny_llava), "--out", str(cands),
-                 "--temperature", "1.0", "--seed", "3", "--batch-size", "2"]) == 0
+                 "--temperature", "1.0", "--run-seed", "3", "--batch-size", "2"]) == 0
     records = list(read_records(cands))
     assert len(records) == 6 * 4 and len({r["id"] for r in records}) == 24
     r0 = records[0]
@@ -53,7 +53,7 @@ def test_generate_feedback_pairs(tiny_llava, prompts_file, tmp_path, capsys):  #
         assert r["score"] == -r["n_rejected"] and r["no_claims"] == (r["n_claims"] == 0)
         assert all((py > pn) == v for py, pn, v in zip(r["logp_yes"], r["logp_no"], r["verdicts"]))
 
-    assert main(["--config", str(config), "pairs", "--feedback", str(fb), "--out-dir", str(out)]) == 0
+    assert main(["--config", str(config), "pairs", "--feedback", str(fb), "--out", str(out)]) == 0
     table = pq.read_table(out / "pairs.rlaifv.parquet")
     assert table.column_names == ["ds_name", "image", "question", "chosen", "rejected", "origin_dataset",
                                   "origin_split", "idx", "image_path"]
@@ -107,11 +107,16 @@ def test_bad_prompt_rows(tiny_llava, tmp_path, capsys):  # noqa: F811
         + json.dumps({"id": "b", "image": "bad.png", "question": "Describe the image."}) + "\n"
         + json.dumps({"id": "c", "image": "missing.png", "question": "Describe the image."}) + "\n"
     )
-    from rlaifv_fast.data import PromptError
+    from rlaifv_fast.pipeline.data import PromptError
 
     with pytest.raises(PromptError, match=r"row 1: image file .*bad.png cannot be decoded"):
-        main(["generate", "--prompts", str(prompts), "--model", str(tiny_llava), "--out", str(tmp_path / "c.jsonl"),
-              "--no-progress"])
+        main(["--debug", "generate", "--prompts", str(prompts), "--model", str(tiny_llava), "--out",
+              str(tmp_path / "c.jsonl"), "--no-progress"])
+    # without --debug: one line naming the row, and a non-zero exit status
+    assert main(["generate", "--prompts", str(prompts), "--model", str(tiny_llava), "--out",
+                 str(tmp_path / "c.jsonl"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "rlaifv-fast generate: error:" in err and "row 1: image file" in err and "Traceback" not in err
     assert main(["generate", "--prompts", str(prompts), "--model", str(tiny_llava), "--out",
                  str(tmp_path / "c.jsonl"), "--n", "2", "--max-new-tokens", "4", "--skip-bad", "--no-progress"]) == 0
     assert {r["prompt_id"] for r in read_records(tmp_path / "c.jsonl")} == {"a"}
@@ -132,7 +137,8 @@ def test_shards_merge_into_the_records_of_one_run(tiny_llava, prompts_file, tmp_
     main(["generate", *common, "--out", str(tmp_path / "all.jsonl")])
     for i in range(2):
         main(["generate", *common, "--shard", f"{i}/2", "--out", str(tmp_path / f"shard{i}.jsonl")])
-    merged = [r for i in range(2) for r in read_records(tmp_path / f"shard{i}.jsonl")]
-    single = list(read_records(tmp_path / "all.jsonl"))
-    assert sorted(merged, key=lambda r: r["id"]) == sorted(single, key=lambda r: r["id"])
     assert all(list(read_records(tmp_path / f"shard{i}.jsonl")) for i in range(2))
+    assert main(["merge", "--out", str(tmp_path / "merged.jsonl"),
+                 *(str(tmp_path / f"shard{i}.jsonl") for i in range(2))]) == 0
+    single = list(read_records(tmp_path / "all.jsonl"))
+    assert list(read_records(tmp_path / "merged.jsonl")) == sorted(single, key=lambda r: r["id"])

@@ -11,7 +11,7 @@ import torch
 from fixtures_tiny import make_images, png_bytes
 from safetensors.torch import load_file
 
-from rlaifv_fast.data import write_rlaifv_parquet
+from rlaifv_fast.pipeline.data import write_rlaifv_parquet
 from rlaifv_fast.engines.base import DecodingConfig, SampleRequest, YesNoRequest
 from rlaifv_fast.engines.hf import HFEngine
 
@@ -125,7 +125,7 @@ def test_sample_same_seed_same_text_alone_or_batched(engine):
 
 
 def test_response_logps_matches_a_direct_forward(engine, reference):
-    from rlaifv_fast.scoring import Triple, response_logps
+    from rlaifv_fast.pipeline.scoring import Triple, response_logps
 
     processor, model = reference
     imgs = make_images(3)
@@ -152,8 +152,8 @@ def test_response_logps_matches_a_direct_forward(engine, reference):
 
 
 def test_train_dpo_first_step_ln2_trains_the_lm_not_the_vision_tower(tiny_qwen2vl, tmp_path):
-    from rlaifv_fast.ref_logps import run_ref_logps
-    from rlaifv_fast.train import TrainConfig, train_dpo
+    from rlaifv_fast.pipeline.ref_logps import run_ref_logps
+    from rlaifv_fast.pipeline.train import TrainConfig, train_dpo
 
     imgs = make_images(3)
     rows = [
@@ -184,8 +184,8 @@ def test_train_dpo_first_step_ln2_trains_the_lm_not_the_vision_tower(tiny_qwen2v
 def test_truncated_responses_keep_per_token_image_inputs_aligned(tiny_qwen2vl, engine):
     """max_length cuts the response; Qwen2-VL's per-token processor outputs are cut with it (collate and the
     forward then agree on the length)."""
-    from rlaifv_fast.scoring import Triple, collate, encode_triples
-    from rlaifv_fast.train import _policy_logps, _truncate
+    from rlaifv_fast.pipeline.scoring import Triple, collate, encode_triples
+    from rlaifv_fast.pipeline.train import _policy_logps, _truncate
 
     imgs = make_images(2)
     encoded = encode_triples(engine, [Triple(imgs[i], q, c) for i, (q, c, _) in enumerate(PAIRS[:2])])

@@ -10,10 +10,10 @@ import torch
 from fixtures_tiny import make_images, png_bytes, tiny_llava  # noqa: F401
 
 from rlaifv_fast.cli import main
-from rlaifv_fast.data import RLAIFV_COLUMNS, write_rlaifv_parquet
+from rlaifv_fast.pipeline.data import RLAIFV_COLUMNS, write_rlaifv_parquet
 from rlaifv_fast.engines.hf import HFEngine
-from rlaifv_fast.ref_logps import REF_COLUMNS, run_ref_logps
-from rlaifv_fast.scoring import Triple, response_logps
+from rlaifv_fast.pipeline.ref_logps import REF_COLUMNS, run_ref_logps
+from rlaifv_fast.pipeline.scoring import Triple, response_logps
 
 PAIRS = [
     ("Describe the image.", "There is a red circle.", "There is a blue square and two dogs."),
@@ -48,7 +48,7 @@ def test_writes_the_columns_and_matches_scoring(engine, pairs_file, tmp_path):
     path, imgs = pairs_file
     out = tmp_path / "ref.parquet"
     report = run_ref_logps(path, engine, out, batch_size=4, progress=False)
-    assert report.pairs == 3 and report.sequences == 6
+    assert report.total == report.written == 3 and report.notes["sequences"] == 6
     table = pq.read_table(out)
     assert table.column_names == [*RLAIFV_COLUMNS, *REF_COLUMNS]
     rows = table.to_pylist()
@@ -78,10 +78,10 @@ def test_cli_reflogps(tiny_llava, pairs_file, tmp_path, capsys):  # noqa: F811
     assert main(["--config", str(config), "reflogps", "--pairs", str(path), "--model", str(tiny_llava),
                  "--out", str(out), "--no-progress"]) == 0
     summary = json.loads(capsys.readouterr().out)
-    assert summary["pairs"] == 3 and summary["stage"] == "reflogps"
+    assert summary["written"] == 3 and summary["stage"] == "reflogps"
     table = pq.read_table(out)
     assert set(REF_COLUMNS) <= set(table.column_names) and table.num_rows == 3
     with pytest.raises(SystemExit):
         main(["reflogps", "--help"])
     text = capsys.readouterr().out
-    assert "--pairs" in text and "--engine-option" in text and "--batch-size" in text
+    assert "--pairs" in text and "--engine-options" in text and "--batch-size" in text and "--shard" in text

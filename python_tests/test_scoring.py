@@ -7,7 +7,7 @@ import torch
 from fixtures_tiny import images, make_images, tiny_llama, tiny_llava  # noqa: F401
 
 from rlaifv_fast.engines.hf import HFEngine
-from rlaifv_fast.scoring import (
+from rlaifv_fast.pipeline.scoring import (
     IGNORE_INDEX,
     Triple,
     collate,

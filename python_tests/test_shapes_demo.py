@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from fixtures_tiny import tiny_llava  # noqa: F401
-from rlaifv_fast.divide import HOLISTIC_QUESTION, HolisticDivider, RuleDivider
+from rlaifv_fast.pipeline.divide import HOLISTIC_QUESTION, HolisticDivider, RuleDivider
 from rlaifv_fast.engines.base import YES_NO_SUFFIX, DecodingConfig
 from rlaifv_fast.shapes import ShapesWorldConfig, make_scene, mentioned_objects, render
 from rlaifv_fast.shapes import tasks
@@ -127,10 +127,11 @@ def test_sft_trains_and_saves_a_pipeline_loadable_model(tmp_path):
 
 
 def test_mixed_decodings_split_candidates_and_keep_indices(tiny_llava, tmp_path):  # noqa: F811
-    from rlaifv_fast.data import Prompt
+    from rlaifv_fast.pipeline.data import Prompt
     from rlaifv_fast.engines.hf import HFEngine
-    from rlaifv_fast.stages import GenerateConfig, run_generate
-    from rlaifv_fast.store import read_records
+    from rlaifv_fast.pipeline import generate
+    from rlaifv_fast.pipeline.generate import GenerateConfig
+    from rlaifv_fast.pipeline.store import read_records
 
     image = render(make_scene(WORLD, "train", 0), WORLD)
     path = tmp_path / "img.png"
@@ -140,14 +141,14 @@ def test_mixed_decodings_split_candidates_and_keep_indices(tiny_llava, tmp_path)
     low, high = DecodingConfig(temperature=0.3, max_new_tokens=6), DecodingConfig(temperature=1.5, max_new_tokens=6)
     config = GenerateConfig(n=5, mixed_decodings=(low, high), batch_size=1)
     assert [idx for _, idx in config.settings()] == [[0, 2, 4], [1, 3]]
-    run_generate(prompts, engine, tmp_path / "c.jsonl", config, progress=False)
+    generate.run(prompts, tmp_path / "c.jsonl", config, engines={"policy": engine}, progress=False)
     records = list(read_records(tmp_path / "c.jsonl"))
     assert [r["index"] for r in records] == [0, 1, 2, 3, 4]
     assert [r["decoding"]["temperature"] for r in records] == [0.3, 1.5, 0.3, 1.5, 0.3]
     assert len({r["seed"] for r in records}) == 5
     # the first setting's candidates are exactly an unmixed run's with that setting (same seed stream)
-    run_generate(prompts, engine, tmp_path / "d.jsonl", dataclasses.replace(config, mixed_decodings=(), decoding=low,
-                                                                            n=3), progress=False)
+    plain_config = dataclasses.replace(config, mixed_decodings=(), decoding=low, n=3)
+    generate.run(prompts, tmp_path / "d.jsonl", plain_config, engines={"policy": engine}, progress=False)
     plain = list(read_records(tmp_path / "d.jsonl"))
     assert [r["text"] for r in records[::2]] == [r["text"] for r in plain]
 
@@ -165,7 +166,7 @@ def _demo(work, *extra):
 
 
 def test_demo_end_to_end_on_the_shipped_checkpoints_is_reproducible(tmp_path):
-    stdout, report = _demo(tmp_path / "a", "--ablation", "holistic")
+    stdout, report = _demo(tmp_path / "a", "--ablations", "holistic")
     names = [r["name"] for r in report["rows"]]
     assert names == ["SFT policy", "iteration 1", "ablation: holistic", "Best-of-2 (final policy)"]
     assert "CHAIRs" in stdout and "labeler held-out polar QA accuracy" in stdout
@@ -177,12 +178,12 @@ def test_demo_end_to_end_on_the_shipped_checkpoints_is_reproducible(tmp_path):
     agreement = report["rows"][1]["labeler_agreement"]
     assert agreement["claims"] > 0 and 0.0 <= agreement["agreement"] <= 1.0
     # the holistic ablation asked one question per answer
-    from rlaifv_fast.store import read_records
+    from rlaifv_fast.pipeline.store import read_records
 
     feedback = list(read_records(tmp_path / "a" / "loop-holistic" / "iter0" / "feedback.jsonl"))
     assert feedback and all(r["divider"] == "holistic" and r["n_claims"] <= 1 for r in feedback)
     # same seed -> same table, in a fresh folder; a re-run in the same folder redoes nothing and agrees
-    _, again = _demo(tmp_path / "b", "--ablation", "holistic")
+    _, again = _demo(tmp_path / "b", "--ablations", "holistic")
     assert again["rows"] == report["rows"]
-    _, rerun = _demo(tmp_path / "a", "--ablation", "holistic")
+    _, rerun = _demo(tmp_path / "a", "--ablations", "holistic")
     assert rerun["rows"] == report["rows"]

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from rlaifv_fast.store import RecordFileError, RecordStore, atomic_path, read_records, write_json
+from rlaifv_fast.pipeline.store import RecordFileError, RecordStore, atomic_path, read_records, write_json
 
 
 def test_append_skips_known_ids(tmp_path):

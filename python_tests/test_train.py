@@ -14,10 +14,10 @@ from fixtures_tiny import make_images, png_bytes, tiny_llama, tiny_llava  # noqa
 from safetensors.torch import load_file
 
 from rlaifv_fast.cli import main
-from rlaifv_fast.data import write_rlaifv_parquet
+from rlaifv_fast.pipeline.data import write_rlaifv_parquet
 from rlaifv_fast.engines.hf import HFEngine
-from rlaifv_fast.ref_logps import run_ref_logps
-from rlaifv_fast.train import LoRAConfig, TrainConfig, train_dpo
+from rlaifv_fast.pipeline.ref_logps import run_ref_logps
+from rlaifv_fast.pipeline.train import LoRAConfig, TrainConfig, train_dpo
 
 PAIRS = [
     ("Describe the image.", "There is a red circle.", "There is a blue square and two dogs."),
@@ -177,11 +177,11 @@ def test_two_process_ddp_matches_one_process(tiny_llava, pairs, tmp_path):  # no
               "--max-steps", "3", "--seed", "1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "ACCELERATE_USE_CPU": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "rlaifv_fast.cli", "train", *common, "--batch-size", "2", "--output-dir", str(tmp_path / "ddp")]
+           "-m", "rlaifv_fast.cli", "train", *common, "--per-device-batch-size", "2", "--output-dir", str(tmp_path / "ddp")]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    assert json.loads(proc.stdout[proc.stdout.index("{"):])["steps"] == 3
-    assert main(["train", *common, "--batch-size", "4", "--output-dir", str(tmp_path / "one")]) == 0
+    assert json.loads(proc.stdout[proc.stdout.index("{"):])["notes"]["steps"] == 3
+    assert main(["train", *common, "--per-device-batch-size", "4", "--output-dir", str(tmp_path / "one")]) == 0
     ddp, one = _metrics(tmp_path / "ddp"), _metrics(tmp_path / "one")
     assert [m["step"] for m in ddp] == [m["step"] for m in one] == [1, 2, 3]
     for a, b in zip(ddp, one):
@@ -196,8 +196,8 @@ def test_cli_help(capsys):
         main(["train", "--help"])
     text = capsys.readouterr().out
     for flag in ("--pairs", "--model", "--output-dir", "--beta", "--loss-type", "--sft-weight", "--lr", "--epochs",
-                 "--max-steps", "--batch-size", "--grad-accum", "--max-length", "--bf16", "--gradient-checkpointing",
-                 "--no-freeze-vision-tower", "--lora", "--seed", "--resume"):
+                 "--max-steps", "--per-device-batch-size", "--gradient-accumulation-steps", "--max-length", "--bf16",
+                 "--gradient-checkpointing", "--no-freeze-vision-tower", "--lora", "--lora.r", "--seed", "--resume"):
         assert flag in text, flag
 
 
@@ -230,9 +230,9 @@ def test_lm_head_chunked_path_equals_the_logits_path(tiny_llava, tmp_path):  # n
     """The chunked LM-head path (no full logits) trains exactly like the logits path."""
     import torch
     from rlaifv_fast.ops import sequence_logps
-    from rlaifv_fast.scoring import Triple, collate, encode_triples
+    from rlaifv_fast.pipeline.scoring import Triple, collate, encode_triples
     from rlaifv_fast.engines.hf import HFEngine
-    from rlaifv_fast.train import _policy_logps
+    from rlaifv_fast.pipeline.train import _policy_logps
     from fixtures_tiny import make_images
 
     engine = HFEngine(tiny_llava, dtype="float32")

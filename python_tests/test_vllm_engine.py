@@ -12,7 +12,7 @@ import os
 import pytest
 
 from rlaifv_fast.engines.base import DecodingConfig, SampleRequest, YesNoRequest
-from rlaifv_fast.engines.vllm_engine import ShardMergeError, default_options, merge_shard_records, shard_counts
+from rlaifv_fast.engines.vllm_engine import default_options
 from rlaifv_fast.seeds import candidate_seed
 
 QUESTIONS = ["Is there a red circle?", "Is the dog on the left?", "Does the picture show a cat?"]
@@ -199,52 +199,35 @@ def test_default_options_only_fill_gaps():
     assert default_options({"trust_remote_code": True}, cpu=False)["trust_remote_code"] is True
 
 
-def _write(path, records):
-    path.write_text("".join(json.dumps(r) + "\n" for r in records))
-    return path
-
-
-def test_merge_shard_records(tmp_path):
-    from rlaifv_fast.data import Prompt, shard
-
-    ids = [f"p{i}" for i in range(40)]
-    counts = shard_counts(ids, 3)
-    assert sum(counts) == 40
-    prompts = [Prompt(id=i, question="q") for i in ids]
-    assert [len(shard(prompts, k, 3)) for k in range(3)] == counts
-    a = _write(tmp_path / "a.jsonl", [{"id": "p2#0", "x": 1}, {"id": "p0#0", "x": 2}])
-    b = _write(tmp_path / "b.jsonl", [{"id": "p1#0", "x": 3}, {"id": "p2#0", "x": 1}])  # a rerun's duplicate
-    merged = merge_shard_records([a, b], tmp_path / "all.jsonl")
-    assert [r["id"] for r in merged] == ["p0#0", "p1#0", "p2#0"]
-    assert [json.loads(l)["id"] for l in (tmp_path / "all.jsonl").read_text().splitlines()] == ["p0#0", "p1#0", "p2#0"]
-    c = _write(tmp_path / "c.jsonl", [{"id": "p0#0", "x": 99}])
-    with pytest.raises(ShardMergeError, match="p0#0"):
-        merge_shard_records([a, c])
-
-
 @pytest.mark.vllm
 def test_stages_end_to_end_on_vllm(engine, hf_engine, tmp_path):
     """generate -> feedback -> pairs with the vLLM engine; its feedback equals the transformers engine's on the
     same candidates (the labeler numbers agree within 1e-4, so the verdicts agree away from ties)."""
-    from rlaifv_fast import stages
-    from rlaifv_fast.data import Prompt
-    from rlaifv_fast.divide import RuleDivider
-    from rlaifv_fast.store import read_records
+    from rlaifv_fast.pipeline import feedback, generate, pairs
+    from rlaifv_fast.pipeline.data import Prompt
+    from rlaifv_fast.pipeline.records import CandidateRecord, read_typed
+    from rlaifv_fast.pipeline.store import read_records
 
     prompts = [Prompt(f"p{i}", "Describe the image.", {"bytes": _png(_image(i)), "path": None}) for i in range(3)]
-    config = stages.GenerateConfig(n=4, decoding=DecodingConfig(temperature=1.0, max_new_tokens=12), run_seed=1)
-    stages.run_generate(prompts, engine, tmp_path / "c.jsonl", config, progress=False)
-    candidates = list(read_records(tmp_path / "c.jsonl"))
-    assert len(candidates) == 12 and all(c["model"] == engine.model_name for c in candidates)
-    stages.run_feedback(candidates, prompts, RuleDivider(), engine, tmp_path / "f_vllm.jsonl", progress=False)
-    stages.run_feedback(candidates, prompts, RuleDivider(), hf_engine, tmp_path / "f_hf.jsonl", progress=False)
+    config = generate.Config(n=4, decoding=DecodingConfig(temperature=1.0, max_new_tokens=12), run_seed=1)
+    generate.run(prompts, tmp_path / "c.jsonl", config, engines={"policy": engine}, progress=False)
+    candidates = list(read_typed(tmp_path / "c.jsonl", CandidateRecord))
+    assert len(candidates) == 12 and all(c.model == engine.model_name for c in candidates)
+    inputs = feedback.Inputs(candidates, prompts)
+    for name, labeler in (("vllm", engine), ("hf", hf_engine)):
+        feedback.run(inputs, tmp_path / f"f_{name}.jsonl", feedback.Config(), engines={"labeler": labeler},
+                     progress=False)
     fv, fh = list(read_records(tmp_path / "f_vllm.jsonl")), list(read_records(tmp_path / "f_hf.jsonl"))
     assert [r["claims"] for r in fv] == [r["claims"] for r in fh]
     for a, b in zip(fv, fh):
         for x, y in zip(a["logp_yes"] + a["logp_no"], b["logp_yes"] + b["logp_no"]):
             assert abs(x - y) < 1e-4
-    out, _ = stages.run_pairs(fv, prompts, tmp_path / "pairs")
-    assert out.rlaifv_parquet.exists() and out.trl_parquet.exists()
+    from rlaifv_fast.pipeline.records import FeedbackRecord
+
+    typed = list(read_typed(tmp_path / "f_vllm.jsonl", FeedbackRecord))
+    report = pairs.run(pairs.Inputs(typed, prompts), tmp_path / "pairs", pairs.Config(), progress=False)
+    files = pairs.PairsOutput.of(tmp_path / "pairs")
+    assert files.rlaifv_parquet.exists() and files.trl_parquet.exists() and report.stage == "pairs"
 
 
 def _png(image):

@@ -11,33 +11,24 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
-from ..images import ImageInput
+from ..options import Options, option
+from ..pipeline.images import ImageInput
 
 YES_WORDS = ("yes", "Yes")
 NO_WORDS = ("no", "No")
 YES_NO_SUFFIX = " Please answer yes or no."
 
 
-@dataclasses.dataclass(frozen=True)
-class DecodingConfig:
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DecodingConfig(Options):
     """One decoding setting for every candidate (RLAIF-V reference: temperature 0.7, 512 new tokens, sampling on,
     no top-p for LLaVA; OmniLMM adds repetition penalty 1.1)."""
 
-    temperature: float = 0.7
-    max_new_tokens: int = 512
-    top_p: float = 1.0
-    top_k: int = 0
-    repetition_penalty: float = 1.0
-
-    def __post_init__(self):
-        if not self.temperature > 0:
-            raise ValueError(f"DecodingConfig.temperature must be > 0 (sampling), got {self.temperature}")
-        if self.max_new_tokens < 1:
-            raise ValueError(f"DecodingConfig.max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"DecodingConfig.top_p must be in (0, 1], got {self.top_p}")
-        if self.top_k < 0 or self.repetition_penalty <= 0:
-            raise ValueError("DecodingConfig.top_k must be >= 0 and repetition_penalty > 0")
+    temperature: float = option(0.7, gt=0, finite=True, help="sampling temperature")
+    max_new_tokens: int = option(512, ge=1, help="most new tokens per candidate")
+    top_p: float = option(1.0, gt=0, le=1, help="nucleus sampling mass (1: off)")
+    top_k: int = option(0, ge=0, help="sample among the k most likely tokens (0: off)")
+    repetition_penalty: float = option(1.0, gt=0, finite=True, help="repetition penalty (1: off)")
 
 
 @dataclasses.dataclass(frozen=True)

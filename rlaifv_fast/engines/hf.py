@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from ..images import ImageInput, load_image
+from ..pipeline.images import ImageInput, load_image
 from ..seeds import candidate_seed
 from .base import NO_WORDS, YES_NO_SUFFIX, YES_WORDS, DecodingConfig, Sample, SampleRequest, YesNoRequest, YesNoResult
 from .prompting import ChatPrompts

@@ -30,7 +30,7 @@ Prompts are rendered exactly as HFEngine renders them: one user turn, content [{
 for a multimodal processor (the image placeholder is expanded by vLLM's processor), a plain string for text-only
 models, through the processor's chat template (the tokenizer's when the processor has none); BOS is added by the
 tokenizer unless the rendered text already starts with it. Images (path, bytes, {"bytes", "path"} dict, PIL) are
-decoded to RGB PIL with rlaifv_fast.images.load_image and passed as multi_modal_data.
+decoded to RGB PIL with rlaifv_fast.pipeline.images.load_image and passed as multi_modal_data.
 
 Sharding a prompt set across processes or nodes
 -----------------------------------------------
@@ -39,20 +39,20 @@ Every record of every stage has a stable id (a prompt's id; a candidate's "<prom
 so a stage run on a slice of the prompts writes exactly the records the full run would write for that slice.
 Shards therefore run independently and merge by concatenation:
 
-1. Pick N shards. Shard i of N holds the prompts whose sha1(prompt id) % N == i (rlaifv_fast.data.shard; the CLI's
+1. Pick N shards. Shard i of N holds the prompts whose sha1(prompt id) % N == i (rlaifv_fast.pipeline.sharding; the CLI's
    `--shard i/N`), whatever the input order and however the work is spread; every process reads the same prompt
-   file. shard_counts(ids, N) (below) tells how many prompts each shard gets.
+   file. sharding.shard_counts(ids, N) tells how many prompts each shard gets.
 2. Start one engine process per shard, each with its own GPUs and its own output file, e.g. 2 nodes x 8 GPUs with
    tensor_parallel_size=2 -> 8 shards, shard i on node i // 4 with GPUs 2*(i%4), 2*(i%4)+1:
        CUDA_VISIBLE_DEVICES=0,1 rlaifv-fast generate --prompts prompts.jsonl --model policy --shard 0/8 \\
-           --out gen.0.jsonl --engine vllm --engine-option tensor_parallel_size=2 --batch-size 512
+           --out gen.0.jsonl --engine vllm --engine-options tensor_parallel_size=2 --batch-size 512
    Give vLLM large batches (--batch-size: prompts per engine call; every call is a barrier). Within one node,
    vLLM's own data_parallel_size=k in one process is the alternative (seeds are per request, so the candidates
    are those of the sharded run).
    A shard that dies is rerun with the same command: the record store skips the ids it already wrote.
    Feedback shards the same way (`feedback --shard i/N --candidates gen.jsonl` keeps the candidates of shard i's
    prompts; yes/no numbers depend on the batch only through float rounding).
-3. Merge: merge_shard_records(["gen.0.jsonl", ..., "gen.7.jsonl"], "gen.jsonl") (below) concatenates the shard
+3. Merge: `rlaifv-fast merge --out gen.jsonl gen.0.jsonl ... gen.7.jsonl` (sharding.merge_shard_records) joins the shard
    files, keeps a record written twice (an overlapping rerun) once if identical and fails if an id has different
    contents (shards of one run must share run seed, model, decoding and engine), and writes the records sorted by
    id. Run `pairs` once on the merged feedback file.
@@ -66,7 +66,7 @@ import os
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from ..images import load_image
+from ..pipeline.images import load_image
 from ..seeds import candidate_seed
 from .base import NO_WORDS, YES_NO_SUFFIX, YES_WORDS, DecodingConfig, Sample, SampleRequest, YesNoRequest, YesNoResult
 from .prompting import ChatPrompts
@@ -335,51 +335,3 @@ class VLLMEngine:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-# ---------------------------------------------------------------------- sharding helpers
-
-
-def shard_counts(prompt_ids: Iterable[str], count: int) -> list[int]:
-    """How many of `prompt_ids` each of `count` shards gets under rlaifv_fast.data.shard's rule."""
-    import hashlib
-
-    if count < 1:
-        raise ValueError(f"shard count must be >= 1, got {count}")
-    counts = [0] * count
-    for pid in prompt_ids:
-        counts[int(hashlib.sha1(pid.encode()).hexdigest(), 16) % count] += 1
-    return counts
-
-
-class ShardMergeError(ValueError):
-    """Shard outputs disagree: one record id with different contents."""
-
-
-def merge_shard_records(paths: Sequence[str | os.PathLike],
-                        out_path: str | os.PathLike | None = None) -> list[dict[str, Any]]:
-    """Merge the record files (JSONL) that shards of one stage wrote: concatenated, duplicates (same id, same
-    contents, e.g. from an overlapping rerun) kept once, a duplicate id with different contents an error; returned
-    sorted by id and, with out_path, written there atomically (one JSON record per line)."""
-    from ..store import atomic_path, read_records
-
-    merged: dict[str, dict[str, Any]] = {}
-    origin: dict[str, str] = {}
-    for path in paths:
-        for rec in read_records(path):
-            rid = str(rec["id"])  # read_records guarantees an id
-            if rid in merged:
-                if merged[rid] != rec:
-                    raise ShardMergeError(
-                        f"record {rid!r} differs between {origin[rid]} and {os.fspath(path)}: shards of one run must "
-                        "agree (same run seed, model, decoding and engine options?)"
-                    )
-                continue
-            merged[rid] = rec
-            origin[rid] = os.fspath(path)
-    records = [merged[k] for k in sorted(merged)]
-    if out_path is not None:
-        with atomic_path(out_path) as tmp, open(tmp, "w", encoding="utf-8") as f:
-            for rec in records:
-                f.write(json.dumps(rec, ensure_ascii=False, sort_keys=True) + "\n")
-    return records

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..chair import ChairScores, chair_scores
+from ..eval.chair import ChairScores, chair_scores
 from ..engines.base import DecodingConfig, SampleRequest, YesNoRequest
 from . import tasks
 from .world import ShapesWorldConfig, make_scene, mentioned_objects, render

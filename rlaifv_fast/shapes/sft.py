@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..store import atomic_dir, write_json
+from ..pipeline.store import atomic_dir, write_json
 from . import tasks
 from .world import ShapesWorldConfig, biased_objects, make_scene, render
 
@@ -125,7 +125,7 @@ class _Encoder:
     def __init__(self, engine):
         from PIL import Image
 
-        from ..scoring import eos_token_id
+        from ..pipeline.scoring import eos_token_id
 
         self.engine = engine
         self.blank = Image.new("RGB", (8, 8))

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..divide import HOLISTIC_QUESTION
+from ..pipeline.divide import HOLISTIC_QUESTION
 from ..engines.base import YES_NO_SUFFIX
 from .world import Obj, Scene, ShapesWorldConfig, _article
 

@@ -31,9 +31,9 @@ from typing import Any, NamedTuple
 import torch
 from tqdm.auto import tqdm
 
-from .engines.hf import HFEngine, _image_key, _per_token_keys
+from ..engines.hf import HFEngine, _image_key, _per_token_keys
 from .images import ImageInput, load_image
-from .ops import sequence_logps
+from ..ops import sequence_logps
 
 IGNORE_INDEX = -100
 

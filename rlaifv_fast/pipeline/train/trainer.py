@@ -1,4 +1,4 @@
-"""DPO training (method.md stage 7) of a transformers VLM (or text-only causal LM) on the reference-annotated pairs.
+"""DPO training (the method's stage 7) of a transformers VLM (or text-only causal LM) on the reference-annotated pairs.
 
 Input: the parquet `rlaifv-fast reflogps` writes (image, question, chosen, rejected + ref_chosen_logp,
 ref_rejected_logp, their *_mean, per-token lists). The reference model is never loaded: its log-probs come from the
@@ -39,113 +39,14 @@ from typing import Any
 
 import torch
 
-from .ops import DPOConfig, DPOLossType, dpo_loss, sequence_logps
-from .scoring import EncodedResponse, Triple, collate, cut_per_token, encode_triples
-from .store import atomic_path, replace_dir
+from ...ops import DPOConfig, DPOLossType, dpo_loss, sequence_logps
+from ..scoring import EncodedResponse, Triple, collate, cut_per_token, encode_triples
+from ..store import atomic_path, replace_dir
+from .config import LoRAConfig, TrainConfig
 
 # Submodules of a VLM that encode images (frozen by default, never LoRA targets).
 VISION_MODULE_NAMES = ("vision_tower", "visual", "vision_model", "vision_encoder", "image_encoder")
-LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
-
-
-@dataclasses.dataclass(frozen=True)
-class LoRAConfig:
-    """LoRA adapters on the language model's linear layers (method.md: r 64, alpha 16, lr 1e-5).
-
-    r, alpha, dropout: the adapter rank, scale numerator (scale = alpha / r) and dropout.
-    target_modules: last names of the language-model linear layers to adapt (vision modules are never adapted)."""
-
-    r: int = 64
-    alpha: int = 16
-    dropout: float = 0.0
-    target_modules: tuple[str, ...] = LORA_TARGETS
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    """Options of train_dpo (keyword-only; method.md stage 7 defaults).
-
-    Loss: beta (KL strength, 0.1), loss_type (sigmoid | ipo | robust | hinge), label_smoothing (cDPO / rDPO eps),
-        sft_weight (RLAIF-V's w_sft: weight of mean(-log pi(chosen)), 0 disables).
-    Optimiser: lr (None: 5e-7 full fine-tuning, 1e-5 with LoRA), warmup_ratio (linear warmup over this fraction of
-        the steps, then cosine decay to 0), weight_decay (AdamW, not on biases and norms), adam_betas, adam_eps,
-        max_grad_norm (gradient clipping; None disables).
-    Length of the run: epochs over the pairs, or max_steps optimiser steps when given (it wins).
-    Batch: per_device_batch_size pairs per process and micro-step (2x sequences per forward),
-        gradient_accumulation_steps micro-steps per optimiser step; global batch = their product x processes.
-    max_length: tokens per sequence (prompt + image tokens + response + EOS); longer sequences lose response tokens
-        from the right, never prompt or image tokens (counted in TrainResult.truncated).
-    Log-probs: logps_path "logits" (the model's logits from the first response position, then sequence_logps) or
-        "lm_head_chunked" (the last hidden states, then linear_sequence_logps: the LM head fused with the log-probs in
-        bounded tiles, so the full (2P, T, V) logits never exist).
-    Model: bf16 (autocast; off by default, as on CPU), gradient_checkpointing, freeze_vision_tower (vision encoder
-        requires_grad False), lora (a LoRAConfig, or None for full fine-tuning; needs `peft`), trust_remote_code.
-    Run: seed (data order, LoRA init), output_dir, save_every (checkpoint every N optimiser steps; 0: only the last
-        step's checkpoint and final/), save_total_limit (keep the newest N checkpoints; None keeps all), log_every
-        (metrics every N steps), report_to (accelerate trackers, e.g. ("tensorboard",)), resume (continue from the
-        newest checkpoint in output_dir).
-    """
-
-    beta: float = 0.1
-    loss_type: str = "sigmoid"
-    label_smoothing: float = 0.0
-    sft_weight: float = 0.0
-    lr: float | None = None
-    warmup_ratio: float = 0.05
-    weight_decay: float = 0.01
-    adam_betas: tuple[float, float] = (0.9, 0.999)
-    adam_eps: float = 1e-8
-    max_grad_norm: float | None = 1.0
-    epochs: int = 1
-    max_steps: int | None = None
-    per_device_batch_size: int = 1
-    gradient_accumulation_steps: int = 1
-    max_length: int = 2048
-    bf16: bool = False
-    gradient_checkpointing: bool = False
-    logps_path: str = "logits"
-    freeze_vision_tower: bool = True
-    lora: LoRAConfig | None = None
-    trust_remote_code: bool = False
-    seed: int = 0
-    output_dir: str = "dpo-output"
-    save_every: int = 0
-    save_total_limit: int | None = None
-    log_every: int = 1
-    report_to: tuple[str, ...] = ()
-    resume: bool = False
-
-    def __post_init__(self):
-        self.dpo  # validates beta, loss_type and label_smoothing
-        if self.logps_path not in LOGPS_PATHS:
-            raise ValueError(f"TrainConfig.logps_path must be one of {LOGPS_PATHS}, got {self.logps_path!r}")
-        for name in ("epochs", "per_device_batch_size", "gradient_accumulation_steps", "max_length", "log_every"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if self.max_steps is not None and int(self.max_steps) < 1:
-            raise ValueError(f"TrainConfig.max_steps must be >= 1 (or None), got {self.max_steps}")
-        if int(self.save_every) < 0:
-            raise ValueError(f"TrainConfig.save_every must be >= 0, got {self.save_every}")
-        if self.save_total_limit is not None and int(self.save_total_limit) < 1:
-            raise ValueError(f"TrainConfig.save_total_limit must be >= 1 (or None), got {self.save_total_limit}")
-        if not 0.0 <= self.warmup_ratio < 1.0:
-            raise ValueError(f"TrainConfig.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
-        if self.lr is not None and not self.lr > 0:
-            raise ValueError(f"TrainConfig.lr must be > 0, got {self.lr}")
-        if self.lora is not None and not isinstance(self.lora, LoRAConfig):
-            raise TypeError(f"TrainConfig.lora must be a LoRAConfig or None, got {type(self.lora).__name__}")
-
-    @property
-    def dpo(self) -> DPOConfig:
-        return DPOConfig(beta=self.beta, loss_type=self.loss_type, label_smoothing=self.label_smoothing,
-                         sft_weight=self.sft_weight)
-
-    @property
-    def learning_rate(self) -> float:
-        if self.lr is not None:
-            return float(self.lr)
-        return 1e-5 if self.lora is not None else 5e-7
 
 
 @dataclasses.dataclass
@@ -170,7 +71,7 @@ class _Pairs:
     def __init__(self, path: str | os.PathLike, engine, *, max_length: int, ipo: bool):
         import pyarrow.parquet as pq
 
-        from .ref_logps import _image
+        from ..ref_logps import _image
 
         self.path, self.engine, self.max_length, self.ipo = Path(path), engine, int(max_length), ipo
         table = pq.read_table(self.path)
@@ -280,9 +181,6 @@ def _optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optim
                              betas=tuple(config.adam_betas), eps=config.adam_eps)
 
 
-LOGPS_PATHS = ("logits", "lm_head_chunked")
-
-
 def _policy_logps(model, batch, *, ipo: bool, path: str = "logits") -> torch.Tensor:
     """Per-sequence log-probs of the [chosen; rejected] batch: one forward, logits from the shortest prompt on.
 
@@ -300,7 +198,7 @@ def _policy_logps(model, batch, *, ipo: bool, path: str = "logits") -> torch.Ten
     out = model(**batch.inputs, use_cache=False, logits_to_keep=1, output_hidden_states=True)
     hidden = out.hidden_states[-1][:, batch.offset :]
     head = _unwrap(model).get_output_embeddings()
-    from .ops import linear_sequence_logps
+    from ...ops import linear_sequence_logps
 
     # the dtype F.linear would compute in: autocast's when it is on (bf16 training), else the weight's
     device = hidden.device.type
@@ -364,12 +262,16 @@ def train_dpo(
     from accelerate.utils import DataLoaderConfiguration, gather_object, set_seed
     from transformers import get_cosine_schedule_with_warmup
 
-    from .engines.hf import HFEngine
+    from ...engines.hf import HFEngine
 
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
     output_dir = Path(config.output_dir)
+    # Several processes on a machine without CUDA (torchrun on CPUs): accelerate joins them over gloo only when told
+    # to use the CPU; otherwise each would believe it is alone and write every file.
+    cpu_group = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available()
     accelerator = Accelerator(
+        cpu=cpu_group,
         mixed_precision="bf16" if config.bf16 else None,
         gradient_accumulation_steps=int(config.gradient_accumulation_steps),
         log_with=list(config.report_to) or None,

@@ -1,4 +1,4 @@
-"""Pairs (method.md stage 5): preference pairs from scored candidates.
+"""Pairs (the method's stage 5): preference pairs from scored candidates.
 
 1. Candidates flagged with zero claims are excluded (counted): a score of 0 from no claims says nothing.
 2. Group by prompt id (one image + instruction). Every 2-combination whose scores differ by >= min_score_gap is a
@@ -22,14 +22,29 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import itertools
 import math
 import random
 from collections import defaultdict
 from collections.abc import Sequence
 from fractions import Fraction
+from pathlib import Path
+from typing import Any, NamedTuple
 
-__all__ = ["LENGTH_BALANCE_RS", "PairConfig", "PairReport", "PreferencePair", "ScoredCandidate", "make_pairs"]
+from ..options import option
+from .contract import IterationContext, PromptOptions, StageReport, bind_prompts, load_prompt_set, require
+from .data import Prompt, PromptError, write_rlaifv_parquet, write_trl_parquet
+from .images import image_bytes
+from .records import FeedbackRecord, read_typed
+from .sharding import Part
+from .store import write_json
+
+NAME = "pairs"
+HELP = "build preference pairs and write them as RLAIF-V and TRL parquet files"
+DATA_PARALLEL = False
+
+__all__ = ["LENGTH_BALANCE_RS", "PairConfig", "PairReport", "PreferencePair", "ScoredCandidate", "make_pairs", "run"]
 
 LENGTH_BALANCE_RS = tuple(i / 50 for i in range(50))  # 0, 0.02, ..., 0.98 (exact multiples, no float drift)
 
@@ -45,23 +60,27 @@ class ScoredCandidate:
     n_claims: int
 
 
+def _finite(value: float) -> None:
+    if not math.isfinite(value):
+        raise ValueError(f"must be finite, got {value}")
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class PairConfig:
-    """max_pairs_per_prompt: cap per prompt (None: no cap; reference 2). min_score_gap: the least score difference
-    that makes a pair (> 0, so ties never pair). seed: seeds the cap's sampling. length_balance: stage 5's r search."""
+class Config(PromptOptions):
+    """The pair rules (the module docstring) and the stage's files."""
 
-    max_pairs_per_prompt: int | None = 2
-    min_score_gap: float = 1.0
-    seed: int = 0
-    length_balance: bool = True
+    feedback: str | None = option(None, io=True, help="feedback JSONL from `feedback`")
+    out: str | None = option(None, io=True, help="folder for pairs.rlaifv.parquet, pairs.trl.parquet and "
+                             "pairs.report.json")
+    max_pairs_per_prompt: int | None = option(2, ge=1, help="keep at most k pairs per image (none: no cap)")
+    min_score_gap: float = option(1.0, gt=0, check=_finite, help="least score difference that makes a pair (> 0, so "
+                                  "ties never pair)")
+    seed: int = option(0, help="seed of the per-image pair sampling")
+    length_balance: bool = option(True, help="balance chosen and rejected lengths (the reference's r search)")
+    ds_name: str = option("rlaifv_fast", help="ds_name column of the RLAIF-V parquet")
 
-    def __post_init__(self):
-        if self.max_pairs_per_prompt is not None and self.max_pairs_per_prompt < 1:
-            raise ValueError(f"PairConfig.max_pairs_per_prompt must be >= 1 or None, got {self.max_pairs_per_prompt}")
-        if not (self.min_score_gap > 0 and math.isfinite(self.min_score_gap)):
-            raise ValueError(
-                f"PairConfig.min_score_gap must be finite and > 0 (ties never pair), got {self.min_score_gap}"
-            )
+
+PairConfig = Config
 
 
 @dataclasses.dataclass(frozen=True)
@@ -212,3 +231,93 @@ def make_pairs(
         mean_len_rejected_after=after[1],
     )
     return pairs, report
+
+
+# ---------------------------------------------------------------------------------------------------- the stage
+
+
+class Inputs(NamedTuple):
+    feedback: list[FeedbackRecord]
+    prompts: list[Prompt]
+
+
+@dataclasses.dataclass(frozen=True)
+class PairsOutput:
+    rlaifv_parquet: Path
+    trl_parquet: Path
+    report_json: Path
+
+    @classmethod
+    def of(cls, out_dir: str | Path) -> PairsOutput:
+        out_dir = Path(out_dir)
+        return cls(out_dir / "pairs.rlaifv.parquet", out_dir / "pairs.trl.parquet", out_dir / "pairs.report.json")
+
+
+def engines(config: Config) -> dict:
+    return {}
+
+
+def load(config: Config, part: Part) -> Inputs:
+    require(config, "feedback", "out")
+    return Inputs(list(read_typed(config.feedback, FeedbackRecord)), load_prompt_set(config, part))
+
+
+def out_path(config: Config) -> Path:
+    return Path(config.out)
+
+
+def bind(config: Config, ctx: IterationContext) -> Config:
+    return bind_prompts(config, ctx, feedback=str(ctx.folder / "feedback.jsonl"), out=str(ctx.folder / "pairs"))
+
+
+def run(inputs: Inputs, out: str | Path, config: Config, *, engines=None, progress: bool = True) -> StageReport:
+    """Preference pairs written as parquet in the RLAIF-V schema and in TRL's, plus a report (all atomically)."""
+    feedback, prompts = inputs
+    by_id = {p.id: p for p in prompts}
+    scored = [ScoredCandidate(r.id, r.prompt_id, r.text, float(r.score), int(r.n_claims)) for r in feedback]
+    pairs, pair_report = make_pairs(scored, config)
+    meta = {r.id: r for r in feedback}
+    rlaifv_rows, trl_rows = [], []
+    images: dict[str, dict] = {}
+    for pair in pairs:
+        prompt = by_id.get(pair.prompt_id)
+        if prompt is None:
+            raise PromptError(f"pairs: prompt {pair.prompt_id!r} of the feedback records is not in the prompt set")
+        if prompt.id not in images:
+            images[prompt.id] = image_bytes(prompt.image) if prompt.image is not None else {"bytes": None, "path": None}
+        img = images[prompt.id]
+        chosen_meta = meta[pair.chosen_id]
+        origin_split = json.dumps(
+            {
+                "policy_model": chosen_meta.model,
+                "labeler_model": chosen_meta.labeler,
+                "divider": chosen_meta.divider,
+                "chosen_id": pair.chosen_id,
+                "rejected_id": pair.rejected_id,
+                "chosen_score": pair.chosen_score,
+                "rejected_score": pair.rejected_score,
+            },
+            sort_keys=True,
+        )
+        rlaifv_rows.append(
+            {
+                "ds_name": config.ds_name,
+                "image": img,
+                "question": prompt.question,
+                "chosen": pair.chosen,
+                "rejected": pair.rejected,
+                "origin_dataset": str(config.prompts or ""),
+                "origin_split": origin_split,
+                "idx": f"{pair.chosen_id}>{pair.rejected_id}",
+                "image_path": img.get("path"),
+            }
+        )
+        trl_rows.append({"prompt": prompt.question, "chosen": pair.chosen, "rejected": pair.rejected,
+                         "images": [img] if prompt.image is not None else []})
+    files = PairsOutput.of(out)
+    write_rlaifv_parquet(files.rlaifv_parquet, rlaifv_rows)
+    write_trl_parquet(files.trl_parquet, trl_rows)
+    write_json(files.report_json, dataclasses.asdict(pair_report))
+    return StageReport(NAME, total=len(feedback), written=len(pairs),
+                       notes={**dataclasses.asdict(pair_report), "rlaifv_parquet": str(files.rlaifv_parquet),
+                              "trl_parquet": str(files.trl_parquet)})

@@ -164,13 +164,6 @@ def load_prompts(
     return prompts, report
 
 
-def shard(prompts: Sequence[Prompt], index: int, count: int) -> list[Prompt]:
-    """The prompts of shard `index` of `count`, chosen by a hash of the id (stable whatever the input order)."""
-    if not 0 <= index < count:
-        raise ValueError(f"shard index {index} is outside [0, {count})")
-    return [p for p in prompts if int(hashlib.sha1(p.id.encode()).hexdigest(), 16) % count == index]
-
-
 # ---- preference outputs ----
 
 RLAIFV_COLUMNS = ("ds_name", "image", "question", "chosen", "rejected", "origin_dataset", "origin_split", "idx",

@@ -1,4 +1,4 @@
-"""Self-feedback Best-of-N (method.md stage 9): at inference, the DPO-aligned policy samples N candidates per prompt
+"""Self-feedback Best-of-N (the method's stage 9): at inference, the DPO-aligned policy samples N candidates per prompt
 and answers with the one of highest implicit reward
 
     r(y) = beta / T * sum_t [log pi_theta(y_t) - log pi_ref(y_t)]        T = response tokens (+EOS)
@@ -6,8 +6,8 @@ and answers with the one of highest implicit reward
 where pi_ref is the model before DPO. Dividing by T removes DPO's bias towards short answers; the report compares
 the picks with those of the unnormalised reward beta * sum (mean words of the picked answers vs all answers).
 
-Candidates come from HFEngine.sample (each seeded by (run seed, prompt id, index), so a run is reproducible and a
-candidate is the same alone or in any batch). Each candidate is scored as scoring.py describes, under the policy and
+Candidates come from the sampling engine (transformers or vLLM; each seeded by (run seed, prompt id, index), so a
+run is reproducible and a candidate is the same alone or in any batch). Each candidate is scored as scoring.py describes, under the policy and
 under the reference, and the fused op bon_rewards takes the policy logits and the reference's per-token log-probs.
 Ties (e.g. policy == reference, every reward 0) go to the first candidate; NaN never wins.
 
@@ -24,36 +24,73 @@ from typing import NamedTuple
 
 import torch
 
+from ..engines import EngineKind, EngineSpec
+from ..engines.base import DecodingConfig, SampleRequest
+from ..engines.hf import HFEngine
+from ..ops import bon_rewards, sequence_logps
+from ..ops.bon_rewards import best_per_group
+from ..options import option
+from .contract import EngineOptions, PromptOptions, StageReport, load_prompt_set, require, run_batches
 from .data import Prompt
-from .engines.base import DecodingConfig, SampleRequest
-from .engines.hf import HFEngine
-from .ops import bon_rewards, sequence_logps
-from .ops.bon_rewards import best_per_group
+from .records import BoNRecord, encode
 from .scoring import Triple, batch_logits, collate, encode_triples
-from .stages import StageReport, _run_batches
-from .store import RecordStore, write_json
+from .sharding import Part
+from .store import RecordStore, read_records, write_json
+
+NAME = "bon"
+HELP = ("self-feedback Best-of-N: sample n candidates with the policy and answer with the highest reward "
+        "beta/T * sum(log pi_policy - log pi_reference)")
+DATA_PARALLEL = True
 
 
-@dataclasses.dataclass(frozen=True)
-class BoNConfig:
-    """n candidates per prompt sampled with one decoding setting; reward with beta, length-normalised by default."""
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Config(PromptOptions, EngineOptions):
+    """Sampling runs on --engine (hf or vllm); the rewards are scored on transformers, the trainer's forward."""
 
-    n: int = 16
-    beta: float = 0.1
-    length_normalize: bool = True
-    decoding: DecodingConfig = DecodingConfig()
-    run_seed: int = 0
-    batch_size: int = 4  # prompts per sampling call
-    score_batch_size: int = 8  # candidate sequences per scoring forward
-    skip_bad: bool = False
+    policy: str | None = option(None, help="the DPO-aligned policy model folder (samples and scores the candidates)")
+    reference: str | None = option(None, help="the reference model folder (the policy before DPO)")
+    out: str | None = option(None, io=True, help="Best-of-N JSONL, one record per prompt (appended; finished "
+                             "prompts are skipped on re-run)")
+    report: str | None = option(None, io=True, help="report JSON path (default: <out stem>.report.json beside it)")
+    n: int = option(16, ge=1, help="candidates per prompt")
+    beta: float = option(0.1, gt=0, finite=True, help="the policy's DPO beta")
+    length_normalize: bool = option(True, help="reward beta / T * sum (RLAIF-V) instead of beta * sum")
+    decoding: DecodingConfig = option(factory=DecodingConfig, flatten=True, help="the one decoding setting")
+    run_seed: int = option(0, help="run seed; candidate seeds derive from (seed, prompt id, index)")
+    batch_size: int = option(4, ge=1, help="prompts per sampling call")
+    score_batch_size: int = option(8, ge=1, help="candidate sequences per scoring forward")
+    score_engine_options: dict = option(factory=dict, help="a transformers option of the scoring engines (device, "
+                                        "dtype, ...); with --engine hf and none given, the sampling engine scores")
 
-    def __post_init__(self):
-        if self.n < 1:
-            raise ValueError(f"BoNConfig.n must be >= 1, got {self.n}")
-        if not self.beta > 0:
-            raise ValueError(f"BoNConfig.beta must be > 0, got {self.beta}")
-        if self.batch_size < 1 or self.score_batch_size < 1:
-            raise ValueError("BoNConfig.batch_size and score_batch_size must be >= 1")
+
+BoNConfig = Config
+
+
+def engines(config: Config) -> dict[str, EngineSpec]:
+    require(config, "policy", "reference")
+    score_options = config.score_engine_options or (config.engine_options if config.engine is EngineKind.HF else {})
+    return {
+        "sampler": EngineSpec.of(config.engine, config.policy, config.engine_options),
+        "policy": EngineSpec.of(EngineKind.HF, config.policy, score_options),
+        "reference": EngineSpec.of(EngineKind.HF, config.reference, score_options),
+    }
+
+
+def load(config: Config, part: Part) -> list[Prompt]:
+    require(config, "out")
+    return load_prompt_set(config, part)
+
+
+def out_path(config: Config) -> Path:
+    return Path(config.out)
+
+
+def expected_ids(prompts: Sequence[Prompt], config: Config) -> list[str]:
+    return [p.id for p in prompts]
+
+
+def bind(config: Config, ctx) -> Config:
+    raise ValueError("bon is not a loop stage: run `rlaifv-fast bon` on the loop's final policy")
 
 
 class CandidateScores(NamedTuple):
@@ -148,25 +185,29 @@ def report_path_for(out_path: str | Path) -> Path:
     return out_path.with_name(out_path.stem + ".report.json")
 
 
-def run_bon(
-    prompts: Sequence[Prompt],
-    policy: HFEngine,
-    reference: HFEngine,
-    out_path: str | Path,
-    config: BoNConfig = BoNConfig(),
-    *,
-    report_path: str | Path | None = None,
-    progress: bool = True,
-) -> StageReport:
-    """Best-of-N for every prompt not yet in `out_path`; writes the records, then the report (over all records)."""
-    store = RecordStore(out_path)
-    report = StageReport("bon", total=len(prompts), already_done=len(store))
+def finish(out: str | Path, config: Config, report: StageReport, prompts: Sequence[Prompt]) -> None:
+    """The report over the output's records of `prompts` (all processes' after a data-parallel merge)."""
+    wanted = {p.id for p in prompts}
+    records = [r for r in read_records(out) if r["id"] in wanted] if Path(out).exists() else []
+    summary = bon_report(records)
+    summary.update(policy=Path(str(config.policy)).name, reference=Path(str(config.reference)).name, n=config.n,
+                   beta=config.beta, length_normalize=config.length_normalize, run_seed=config.run_seed)
+    report.notes.update(summary)
+    write_json(config.report or report_path_for(out), summary)
+
+
+def run(prompts: Sequence[Prompt], out: str | Path, config: Config, *, engines, progress: bool = True) -> StageReport:
+    """Best-of-N for every prompt not yet in `out`; writes the records, then (unless `out` is one process's part of
+    a data-parallel run) the report over all records."""
+    sampler, policy, reference = engines["sampler"], engines["policy"], engines["reference"]
+    store = RecordStore(out)
+    report = StageReport(NAME, total=len(prompts), already_done=len(store))
     todo = [p for p in prompts if p.id not in store]
     decoding = dataclasses.asdict(config.decoding)
 
     def process(batch: Sequence[Prompt]) -> list[dict]:
         requests = [SampleRequest(p.id, p.question, p.image) for p in batch]
-        samples = policy.sample(requests, config.n, config.decoding, run_seed=config.run_seed)
+        samples = sampler.sample(requests, config.n, config.decoding, run_seed=config.run_seed)
         triples = [Triple(p.image, p.question, s.text) for p, cands in zip(batch, samples) for s in cands]
         # a candidate cut at max_new_tokens never produced an EOS: score only the tokens it produced
         stopped = [s.finish_reason == "stop" for cands in samples for s in cands]
@@ -201,32 +242,25 @@ def run_bon(
                     }
                 )
             chosen = {name: int(p[g]) - base for name, p in picks.items()}
-            records.append(
-                {
-                    "id": prompt.id,
-                    "prompt_id": prompt.id,
-                    "question": prompt.question,
-                    "image": prompt.image_ref,
-                    **chosen,
-                    "text": candidates[chosen["picked_index"]]["text"],
-                    "reward": candidates[chosen["picked_index"]]["reward"],
-                    "candidates": candidates,
-                    "policy": policy.model_name,
-                    "reference": reference.model_name,
-                    "beta": config.beta,
-                    "length_normalize": config.length_normalize,
-                    "run_seed": config.run_seed,
-                    "decoding": decoding,
-                }
-            )
+            records.append(encode(BoNRecord(
+                id=prompt.id, prompt_id=prompt.id, question=prompt.question, image=prompt.image_ref, **chosen,
+                text=candidates[chosen["picked_index"]]["text"], reward=candidates[chosen["picked_index"]]["reward"],
+                candidates=candidates, policy=policy.model_name, reference=reference.model_name, beta=config.beta,
+                length_normalize=config.length_normalize, run_seed=config.run_seed, decoding=decoding,
+            )))
         return records
 
-    _run_batches(todo, config.batch_size, process, store, report, item_id=lambda p: p.id,
-                 skip_bad=config.skip_bad, desc="bon", progress=progress)
-    wanted = {p.id for p in prompts}
-    summary = bon_report([r for r in store.records() if r["id"] in wanted])
-    summary.update(policy=policy.model_name, reference=reference.model_name, n=config.n, beta=config.beta,
-                   length_normalize=config.length_normalize, run_seed=config.run_seed)
-    report.notes.update(summary)
-    write_json(report_path or report_path_for(out_path), summary)
+    run_batches(todo, config.batch_size, process, store, report, item_id=lambda p: p.id,
+                skip_bad=config.skip_bad, desc=NAME, progress=progress)
+    if config.out is not None and Path(out) == Path(config.out):
+        finish(out, config, report, prompts)
     return report
+
+
+def run_bon(prompts: Sequence[Prompt], policy: HFEngine, reference: HFEngine, out_path: str | Path,
+            config: Config = Config(), *, report_path: str | Path | None = None, progress: bool = True) -> StageReport:
+    """Best-of-N with engines already loaded (Python API; the policy engine samples and scores)."""
+    config = dataclasses.replace(config, out=str(out_path), report=None if report_path is None else str(report_path),
+                                 policy=policy.model_path, reference=reference.model_path, progress=progress)
+    return run(prompts, out_path, config, engines={"sampler": policy, "policy": policy, "reference": reference},
+               progress=progress)

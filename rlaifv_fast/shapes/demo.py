@@ -3,7 +3,7 @@
     SFT policy (shipped) -> evaluate -> K x [deconfounded sampling -> rule divide -> labeler yes/no -> pairs (length
     balanced) -> reference log-probs -> DPO + SFT term] -> evaluate after each iteration -> self-feedback Best-of-N
 
-Every stage is the pipeline's own (rlaifv_fast.loop.run_loop, bon.run_bon, the fused ops); the demo only makes the
+Every stage is the pipeline's own (pipeline.loop.run_loop, pipeline.bon.run_bon, the fused ops); the demo only makes the
 prompts (train-distribution images the SFT models never saw), evaluates with exact CHAIR on the held-out split, and
 reports. Ablations (flags; each a second loop in its own folder, reported side by side):
   --ablation confounded   pairs from candidates sampled with different decoding settings (no deconfounding)
@@ -24,81 +24,66 @@ from pathlib import Path
 
 import torch
 
-from .data import Prompt
-from .engines.base import DecodingConfig
-from .pairs import PairConfig
-from .shapes import tasks
-from .shapes.evaluate import evaluate_descriptions, evaluate_holistic, evaluate_qa, heldout, relative_drop
-from .shapes.sft import demo_world
-from .shapes.world import ShapesWorldConfig, make_scene, mentioned_objects, render
-from .store import write_json
+from ..pipeline.data import Prompt
+from ..engines.base import DecodingConfig
+from ..pipeline.pairs import PairConfig
+from . import tasks
+from .evaluate import evaluate_descriptions, evaluate_holistic, evaluate_qa, heldout, relative_drop
+from .sft import demo_world
+from .world import ShapesWorldConfig, make_scene, mentioned_objects, render
+from ..options import Options, option
+from ..pipeline.store import write_json
 
-CHECKPOINTS = Path(__file__).parent / "shapes" / "checkpoints"
+CHECKPOINTS = Path(__file__).parent / "checkpoints"
 ABLATIONS = ("confounded", "holistic", "self")
 
 
-@dataclasses.dataclass(frozen=True)
-class DemoConfig:
+def _ablations(value: tuple[str, ...]) -> None:
+    bad = [a for a in value if a not in ABLATIONS + ("all",)]
+    if bad:
+        raise ValueError(f"unknown ablation(s) {bad}; choose from {ABLATIONS + ('all',)}")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DemoConfig(Options):
     """Defaults are sized for a 2-core CPU (<= 10 minutes for the full method); README documents larger settings."""
 
-    work_dir: str = "rlaifv-demo"
-    policy: str | None = None  # None: the shipped SFT policy
-    labeler: str | None = None  # None: the shipped labeler
-    iterations: int = 3
-    n_prompts: int = 400  # train-distribution images per iteration
-    n_candidates: int = 8
-    temperature: float = 0.9
-    max_new_tokens: int = 40
-    eval_images: int = 200
-    eval_samples: int = 4
-    bon_n: int = 8
-    # DPO
-    lr: float = 2e-4
-    beta: float = 0.1
-    sft_weight: float = 1.0
-    epochs: int = 2
-    batch_size: int = 8
-    max_pairs_per_prompt: int = 2
+    work_dir: str = option("rlaifv-demo", help="output folder (report.json, report.png, every stage's files); "
+                           "re-running resumes")
+    policy: str | None = option(None, help="the initial policy folder (default: the shipped SFT policy)")
+    labeler: str | None = option(None, help="the separate labeler folder (default: the shipped labeler)")
+    iterations: int = option(3, ge=1, help="RLAIF-V iterations K")
+    n_prompts: int = option(400, ge=1, help="new train-distribution images per iteration")
+    n_candidates: int = option(8, ge=1, help="candidates sampled per image (one decoding setting)")
+    temperature: float = option(0.9, gt=0, finite=True, help="sampling temperature of candidates, sampled "
+                                "evaluation and Best-of-N")
+    max_new_tokens: int = option(40, ge=1, help="longest answer in tokens")
+    eval_images: int = option(200, ge=1, help="held-out images evaluated after each iteration")
+    eval_samples: int = option(4, ge=0, help="sampled descriptions per held-out image (besides the greedy one)")
+    bon_n: int = option(8, ge=1, help="Best-of-N candidates per held-out image")
+    lr: float = option(2e-4, gt=0, finite=True, help="DPO learning rate (full fine-tuning of the tiny model)")
+    beta: float = option(0.1, gt=0, finite=True, help="DPO beta")
+    sft_weight: float = option(1.0, ge=0, finite=True, help="weight of the SFT term on the chosen answers")
+    epochs: int = option(2, ge=1, help="DPO epochs over each iteration's pairs")
+    batch_size: int = option(8, ge=1, help="pairs per DPO step")
+    max_pairs_per_prompt: int = option(2, ge=1, help="preference pairs kept per image")
     # Off here, unlike the method's default: in this world a hallucination is an ADDED sentence, so the accurate
     # answer is rightly shorter, and balancing chosen/rejected lengths rewarded padding with repeated true objects
     # (measured: the hallucination fell, but answers grew and repetition rose). The `rep` column keeps it visible.
-    length_balance: bool = False
-    ablations: tuple[str, ...] = ()
-    seed: int = 0
-    threads: int | None = None
-    progress: bool = True
+    length_balance: bool = option(False, help="balance chosen/rejected lengths when picking pairs (off here: a "
+                                  "hallucination is an added sentence, see the README)")
+    ablations: tuple[str, ...] = option((), check=_ablations, help="also run ablation loops: confounded, holistic, "
+                                        "self, or all (comma-separated)")
+    isolate: bool = option(False, help="run every loop stage as its own process (as at scale); the records are "
+                           "the same as in-process")
+    seed: int = option(0, help="run seed (sampling, pairs, DPO data order)")
+    threads: int | None = option(None, ge=1, help="torch CPU threads (default: torch's choice)")
+    progress: bool = option(True, help="show progress bars")
 
     def __post_init__(self):
-        bad = [a for a in self.ablations if a not in ABLATIONS]
-        if bad:
-            raise ValueError(f"unknown ablation(s) {bad}; choose from {ABLATIONS}")
-        for name in ("iterations", "n_prompts", "n_candidates", "eval_images", "bon_n", "epochs", "batch_size"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"DemoConfig.{name} must be >= 1, got {getattr(self, name)}")
-
-
-FIELD_HELP = {
-    "work_dir": "output folder (report.json, report.png, every stage's files); re-running resumes",
-    "policy": "the initial policy folder (default: the shipped SFT policy)",
-    "labeler": "the separate labeler folder (default: the shipped labeler)",
-    "iterations": "RLAIF-V iterations K",
-    "n_prompts": "new train-distribution images per iteration",
-    "n_candidates": "candidates sampled per image (one decoding setting)",
-    "temperature": "sampling temperature of candidates, sampled evaluation and Best-of-N",
-    "max_new_tokens": "longest answer in tokens",
-    "eval_images": "held-out images evaluated after each iteration",
-    "eval_samples": "sampled descriptions per held-out image (besides the greedy one)",
-    "bon_n": "Best-of-N candidates per held-out image",
-    "lr": "DPO learning rate (full fine-tuning of the tiny model)",
-    "beta": "DPO beta",
-    "sft_weight": "weight of the SFT term on the chosen answers",
-    "epochs": "DPO epochs over each iteration's pairs",
-    "batch_size": "pairs per DPO step",
-    "max_pairs_per_prompt": "preference pairs kept per image",
-    "length_balance": "balance chosen/rejected lengths when picking pairs (true/false; off here, see DemoConfig)",
-    "seed": "run seed (sampling, pairs, DPO data order)",
-    "threads": "torch CPU threads (default: torch's choice)",
-}
+        super().__post_init__()
+        chosen = ABLATIONS if "all" in self.ablations else tuple(dict.fromkeys(self.ablations))
+        object.__setattr__(self, "ablations", chosen)
 
 
 def _shipped(name: str) -> str:
@@ -167,35 +152,48 @@ def _cached(path: Path, compute):
     return result
 
 
-def _loop(config: DemoConfig, prompts: list[Prompt], policy: str, labeler: str | None, work: Path, *,
-          divider: str = "rule", mixed: tuple[DecodingConfig, ...] = ()):
-    from .loop import LoopConfig, run_loop
-    from .stages import FeedbackConfig, GenerateConfig
-    from .train import TrainConfig
+def write_prompts(prompts: list[Prompt], path: Path) -> Path:
+    """The loop's prompts file (id, image path, question), written atomically."""
+    from ..pipeline.store import atomic_path
 
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        for p in prompts:
+            f.write(json.dumps({"id": p.id, "image": str(p.image), "question": p.question}) + "\n")
+    return path
+
+
+def _loop(config: DemoConfig, prompts_file: Path, policy: str, labeler: str | None, work: Path, *,
+          divider: str = "rule", mixed: tuple[DecodingConfig, ...] = ()):
+    from ..pipeline.feedback import FeedbackConfig
+    from ..pipeline.generate import GenerateConfig
+    from ..pipeline.loop import LoopConfig, run_loop
+    from ..pipeline.ref_logps import Config as RefLogpsConfig
+    from ..pipeline.train import TrainConfig
+
+    engine = {"batch_size": 64}
     decoding = DecodingConfig(temperature=config.temperature, max_new_tokens=config.max_new_tokens)
     loop_config = LoopConfig(
+        prompts=str(prompts_file),
+        model=policy,
         work_dir=str(work),
         iterations=config.iterations,
-        labeler=labeler,
-        divider=divider,
-        engine_options={"batch_size": 64},
+        isolate=config.isolate,
+        progress=config.progress,
         generate=GenerateConfig(n=config.n_candidates, decoding=decoding, run_seed=config.seed, batch_size=32,
-                                mixed_decodings=mixed),
-        feedback=FeedbackConfig(batch_size=64),
+                                mixed_decodings=mixed, engine_options=engine),
+        feedback=FeedbackConfig(batch_size=64, labeler=labeler, divider=divider, engine_options=engine),
         pairs=PairConfig(max_pairs_per_prompt=config.max_pairs_per_prompt, seed=config.seed,
                          length_balance=config.length_balance),
+        reflogps=RefLogpsConfig(batch_size=64, engine_options=engine),
         train=TrainConfig(lr=config.lr, beta=config.beta, sft_weight=config.sft_weight, epochs=config.epochs,
                           per_device_batch_size=config.batch_size, max_length=128, seed=config.seed,
                           warmup_ratio=0.1, log_every=10),
-        score_batch_size=64,
-        progress=config.progress,
     )
-    return run_loop(prompts, policy, loop_config)
+    return run_loop(loop_config)
 
 
 def _evaluate(config: DemoConfig, world: ShapesWorldConfig, model: str, cache: Path) -> dict:
-    from .engines.hf import HFEngine
+    from ..engines.hf import HFEngine
 
     def compute():
         engine = HFEngine(model, batch_size=64)
@@ -206,9 +204,8 @@ def _evaluate(config: DemoConfig, world: ShapesWorldConfig, model: str, cache: P
 
 
 def run_demo(config: DemoConfig = DemoConfig()) -> dict:
-    from .bon import BoNConfig, run_bon
-    from .engines.hf import HFEngine
-    from .stages import load_stage_records
+    from ..engines.hf import HFEngine
+    from ..pipeline.bon import BoNConfig, run_bon
 
     from transformers.utils import logging as hf_logging
 
@@ -223,6 +220,7 @@ def run_demo(config: DemoConfig = DemoConfig()) -> dict:
     world = _world_of(policy)
     first = world.n_train  # images the SFT models never saw
     prompts = make_prompts(world, config.n_prompts, work / "images", first_index=first)
+    prompts_file = write_prompts(prompts, work / "prompts.jsonl")
     evals = work / "eval"
 
     def labeler_skills():
@@ -248,14 +246,14 @@ def run_demo(config: DemoConfig = DemoConfig()) -> dict:
             runs[a] = dict(labeler=None)
     loops = {}
     for name, kw in runs.items():
-        result = _loop(config, prompts, policy, kw.pop("labeler"), work / f"loop-{name}", **kw)
+        result = _loop(config, prompts_file, policy, kw.pop("labeler"), work / f"loop-{name}", **kw)
         loops[name] = result
         iters = range(1, config.iterations + 1) if name == "full" else [config.iterations]
         for it in iters:
             model = result.iterations[it].get("policy") if it < config.iterations else result.policy
             label = f"iteration {it}" if name == "full" else f"ablation: {name}"
             row = {"name": label, **_evaluate(config, world, model, evals / f"{name}-iter{it}.json")}
-            fb = load_stage_records(work / f"loop-{name}" / f"iter{it - 1}" / "feedback.jsonl")
+            fb = _records(work / f"loop-{name}" / f"iter{it - 1}" / "feedback.jsonl")
             row["labeler_agreement"] = labeler_agreement(fb, prompts, world)
             rows.append(row)
 
@@ -271,7 +269,7 @@ def run_demo(config: DemoConfig = DemoConfig()) -> dict:
                                                              max_new_tokens=config.max_new_tokens),
                       run_seed=config.seed + 2, batch_size=32, score_batch_size=64),
             progress=config.progress)
-    rows.append(_bon_row(load_stage_records(bon_path), heldout_prompts, world, config.bon_n))
+    rows.append(_bon_row(_records(bon_path), heldout_prompts, world, config.bon_n))
 
     report = _report(config, world, qa, qa_self, rows, time.time() - t0)
     write_json(work / "report.json", report)
@@ -280,8 +278,14 @@ def run_demo(config: DemoConfig = DemoConfig()) -> dict:
     return report
 
 
+def _records(path: Path) -> list[dict]:
+    from ..pipeline.store import read_records
+
+    return list(read_records(path))
+
+
 def _bon_row(records: list[dict], prompts: list[Prompt], world: ShapesWorldConfig, n: int) -> dict:
-    from .chair import chair_scores
+    from ..eval.chair import chair_scores
 
     truth = {p.id: {tuple(o) for o in p.meta["truth"]} for p in prompts}
     recs = [r for r in records if r["id"] in truth]
@@ -365,7 +369,7 @@ def _plot(report: dict, path: Path) -> None:
         import matplotlib.pyplot as plt
     except ImportError:  # the plot is optional (the `bench` extra); the JSON and table are always written
         return
-    from .store import atomic_path
+    from ..pipeline.store import atomic_path
 
     rows = [r for r in report["rows"] if r["greedy"] is not None]
     names = [r["name"] for r in rows]

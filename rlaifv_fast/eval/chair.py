@@ -22,7 +22,7 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Callable, Hashable, Iterable, Mapping, Sequence
 
-from .shapes.world import mentioned_objects
+from ..shapes.world import mentioned_objects
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,225 @@
+"""K iterations of RLAIF-V in one command (the method's stage 8): each iteration regenerates candidates with the
+newest policy, labels them, builds pairs, scores them with the frozen reference (= the policy at the start of the
+iteration) and trains with DPO; the trained model is the next iteration's policy.
+
+The loop is a plain walk over stages.LOOP_STAGES: each stage's config is the loop's section of that name, bound to
+the iteration's files (contract `bind`), then run either here (`isolate=False`, the demo and quick tests) or as its
+own process: the stage's CLI command with that config, behind the stage's launcher (`launch`, e.g. train under
+`torchrun --nproc_per_node 8` or `accelerate launch --config_file ...`). An isolated stage's GPU memory (a vLLM
+engine's) is gone before the next stage starts, and a crash in one stage cannot corrupt another's state. Both modes
+run the same code on the same config, so they write the same records.
+
+Resumable exactly: loop_state.json in the work folder records every finished (iteration, stage) and its report, and
+the stages resume inside (generate, feedback and bon skip finished records; training continues from its last
+checkpoint). Kill the loop at any moment (its stage processes die with it) and run the same command again. Paths
+inside the work folder are stored relative to it, so a resume from another working directory finds them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import enum
+import fcntl
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..options import Options, option, to_dict
+from .contract import IterationContext, StageReport, execute
+from .feedback import Config as FeedbackConfig
+from .generate import Config as GenerateConfig
+from .pairs import Config as PairConfig
+from .ref_logps import Config as RefLogpsConfig
+from .stages import LOOP_STAGES, STAGES
+from .store import write_json
+from .train import TrainConfig
+
+DIE_WITH_PARENT = "RLAIFV_FAST_DIE_WITH_PARENT"
+
+
+class NoPairs(str, enum.Enum):
+    """What an iteration with no preference pairs does: carry the policy over unchanged (said loudly), or fail."""
+
+    CARRY = "carry"
+    FAIL = "fail"
+
+
+class LoopError(RuntimeError):
+    """A stage of the loop failed, or the work folder belongs to another run."""
+
+
+def _launch(value: dict) -> None:
+    unknown = sorted(set(value) - set(LOOP_STAGES))
+    if unknown:
+        raise ValueError(f"launchers for unknown stage(s) {unknown}; stages: {list(LOOP_STAGES)}")
+    for stage, command in value.items():
+        if not isinstance(command, str) or not shlex.split(command):
+            raise ValueError(f"the launcher of {stage} must be a command line, got {command!r}")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LoopConfig(Options):
+    prompts: str | None = option(None, help="prompt source (as for `generate`), the same prompts every iteration")
+    limit: int | None = option(None, ge=1, help="use only the first N prompts")
+    model: str | None = option(None, help="the initial policy folder (also the first iteration's reference)")
+    work_dir: str | None = option(None, help="folder for every iteration's outputs and loop_state.json")
+    iterations: int = option(4, ge=1, help="K (the paper: 4)")
+    isolate: bool = option(False, help="run each stage of each iteration as its own process (its CLI command "
+                           "behind its launcher); off: in this process")
+    launch: dict = option(factory=dict, check=_launch, help="STAGE=COMMAND: the launcher of a stage in isolated "
+                          "mode, e.g. train='torchrun --nproc_per_node 8' or reflogps='accelerate launch "
+                          "--num_processes 8'; {python} stands for this interpreter (default: {python})")
+    on_no_pairs: NoPairs = option(NoPairs.CARRY, help="an iteration without preference pairs: carry the policy "
+                                  "over (with a warning) or fail")
+    progress: bool = option(True, help="show progress bars")
+    generate: GenerateConfig = option(factory=GenerateConfig, help="the generate stage")
+    feedback: FeedbackConfig = option(factory=FeedbackConfig, help="the feedback stage (unset labeler: "
+                                      "self-feedback)")
+    pairs: PairConfig = option(factory=PairConfig, help="the pairs stage")
+    reflogps: RefLogpsConfig = option(factory=RefLogpsConfig, help="the reference log-prob stage")
+    train: TrainConfig = option(factory=TrainConfig, help="the DPO stage")
+
+
+@dataclasses.dataclass
+class LoopResult:
+    policy: str  # the final policy folder
+    iterations: list[dict]  # per iteration: the policy it sampled with, and its stages' reports
+
+
+class _State:
+    """Finished (iteration, stage) pairs, their reports and each iteration's trained policy, saved atomically after
+    every stage. Paths inside the work folder are relative to it."""
+
+    def __init__(self, work: Path, initial_policy: str):
+        self.work = work
+        self.path = work / "loop_state.json"
+        initial = str(Path(initial_policy).resolve())
+        if self.path.exists():
+            self.data = json.loads(self.path.read_text())
+            if self.data.get("initial_policy") != initial:
+                raise LoopError(
+                    f"{self.path} belongs to a loop started from {self.data.get('initial_policy')!r}, not "
+                    f"{initial!r}; use another work folder"
+                )
+        else:
+            self.data = {"initial_policy": initial, "done": {}, "policies": {}, "reports": {}}
+
+    def done(self, it: int, stage: str) -> bool:
+        return stage in self.data["done"].get(str(it), [])
+
+    def mark(self, it: int, stage: str, report: dict, trained: str | None = None) -> None:
+        if trained is not None:
+            self.data["policies"][str(it)] = self._store(trained)
+        self.data["reports"].setdefault(str(it), {})[stage] = report
+        self.data["done"].setdefault(str(it), []).append(stage)
+        write_json(self.path, self.data)
+
+    def policy(self, it: int) -> str:
+        """The policy that samples in iteration `it` (an absolute path)."""
+        if it == 0:
+            return self.data["initial_policy"]
+        return str(self.work / self.data["policies"][str(it - 1)])  # an absolute stored path stays itself
+
+    def _store(self, folder: str) -> str:
+        path = Path(folder).resolve()
+        with contextlib.suppress(ValueError):
+            return str(path.relative_to(self.work))
+        return str(path)
+
+
+@contextlib.contextmanager
+def _exclusive(work: Path):
+    """One loop per work folder: a second process fails at once instead of interleaving records."""
+    work.mkdir(parents=True, exist_ok=True)
+    with open(work / ".lock", "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise LoopError(f"another loop is running in {work} (its lock is {work / '.lock'})") from None
+        yield
+
+
+def die_with_parent() -> None:
+    """Linux: this process gets SIGKILL when its parent dies (a killed loop takes its stage processes along)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # pragma: no cover - not Linux
+        return
+
+
+def _child_setup() -> None:  # pragma: no cover - runs in the child between fork and exec
+    die_with_parent()
+
+
+def launcher(config: LoopConfig, stage: str) -> list[str]:
+    command = config.launch.get(stage, "{python}")
+    return [sys.executable if part == "{python}" else part for part in shlex.split(command)]
+
+
+def _run_isolated(stage: str, stage_config: Any, folder: Path, config: LoopConfig) -> dict:
+    cfg_path = folder / f"{stage}.config.json"
+    report_path = folder / f"{stage}.report.json"
+    write_json(cfg_path, {stage: to_dict(stage_config)})
+    if report_path.exists():
+        report_path.unlink()
+    cmd = launcher(config, stage) + ["-m", "rlaifv_fast.cli", "--config", str(cfg_path), stage,
+                                     "--report-json", str(report_path)]
+    env = dict(os.environ, **{DIE_WITH_PARENT: "1"})
+    # the stage's report goes to its log (and report_path); progress and errors stay on this terminal
+    with open(folder / f"{stage}.log", "ab") as log:
+        proc = subprocess.run(cmd, env=env, stdout=log, preexec_fn=_child_setup)
+    if proc.returncode != 0 or not report_path.exists():
+        raise LoopError(f"stage {stage} of {folder.name} failed (exit status {proc.returncode}): "
+                        f"{shlex.join(cmd)}\nre-run the same loop command to resume")
+    return json.loads(report_path.read_text())
+
+
+def run_loop(config: LoopConfig) -> LoopResult:
+    for name in ("prompts", "model", "work_dir"):
+        if not getattr(config, name):
+            raise LoopError(f"loop needs --{name.replace('_', '-')}")
+    work = Path(config.work_dir).resolve()
+    prompts = str(Path(config.prompts).resolve()) if "://" not in str(config.prompts) else str(config.prompts)
+    with _exclusive(work):
+        state = _State(work, config.model)
+        for it in range(config.iterations):
+            folder = work / f"iter{it}"
+            folder.mkdir(exist_ok=True)
+            ctx = IterationContext(it, folder, prompts, config.limit, state.policy(it), config.progress)
+            for name in LOOP_STAGES:
+                if state.done(it, name):
+                    continue
+                stage = STAGES[name]
+                stage_config = stage.bind(getattr(config, name), ctx)
+                if config.isolate:
+                    report = _run_isolated(name, stage_config, folder, config)
+                else:
+                    report = execute(stage, stage_config).to_dict()
+                trained = None
+                if name == "train":
+                    trained = report["notes"].get("final_dir")
+                    if trained is None:
+                        message = (f"rlaifv-fast loop: iteration {it} found no preference pairs "
+                                   f"({folder / 'pairs' / 'pairs.report.json'}); ")
+                        if config.on_no_pairs is NoPairs.FAIL:
+                            raise LoopError(message + "stopping (on_no_pairs=fail)")
+                        print("WARNING " + message + "the policy carries over unchanged", file=sys.stderr)
+                        trained = ctx.policy
+                state.mark(it, name, report, trained=trained)
+    reports = [
+        {"iteration": it, "policy": state.policy(it), **state.data["reports"].get(str(it), {})}
+        for it in range(config.iterations)
+    ]
+    return LoopResult(state.policy(config.iterations), reports)
+
+
+__all__ = ["LoopConfig", "LoopError", "LoopResult", "NoPairs", "StageReport", "run_loop"]
