@@ -68,7 +68,7 @@ def child(args) -> dict:
 
     def step():
         if args.variant == "ours-lm-head-chunked":
-            from rlaifv_fast.pipeline.train import _policy_logps
+            from rlaifv_fast.pipeline.train.trainer import _policy_logps
 
             logps = _policy_logps(model, batch, ipo=False, path="lm_head_chunked")
             P = args.pairs

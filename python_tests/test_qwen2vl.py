@@ -185,7 +185,7 @@ def test_truncated_responses_keep_per_token_image_inputs_aligned(tiny_qwen2vl, e
     """max_length cuts the response; Qwen2-VL's per-token processor outputs are cut with it (collate and the
     forward then agree on the length)."""
     from rlaifv_fast.pipeline.scoring import Triple, collate, encode_triples
-    from rlaifv_fast.pipeline.train import _policy_logps, _truncate
+    from rlaifv_fast.pipeline.train.trainer import _policy_logps, _truncate
 
     imgs = make_images(2)
     encoded = encode_triples(engine, [Triple(imgs[i], q, c) for i, (q, c, _) in enumerate(PAIRS[:2])])

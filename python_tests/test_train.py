@@ -232,7 +232,7 @@ def test_lm_head_chunked_path_equals_the_logits_path(tiny_llava, tmp_path):  # n
     from rlaifv_fast.ops import sequence_logps
     from rlaifv_fast.pipeline.scoring import Triple, collate, encode_triples
     from rlaifv_fast.engines.hf import HFEngine
-    from rlaifv_fast.pipeline.train import _policy_logps
+    from rlaifv_fast.pipeline.train.trainer import _policy_logps
     from fixtures_tiny import make_images
 
     engine = HFEngine(tiny_llava, dtype="float32")

@@ -9,7 +9,8 @@
     bind(config, ctx) -> config                  the loop's wiring: paths and models of iteration ctx.iteration
     out_path(config) -> Path
 
-and optionally `merge_parts(parts, out, inputs, config)` (data parallel) and `expected_ids(inputs)`. The CLI and the
+and optionally, for data parallelism, `merge_parts(parts, out, inputs, config)` (default: a record merge in
+`expected_ids(inputs, config)` order) and `finish(out, config, report, inputs)` (work on the merged output). The CLI and the
 loop both go through `execute` over the one table in stages.py, so a stage run by `rlaifv-fast generate`, by the
 loop in this process, or by the loop as a child process writes the same records for the same settings.
 """
@@ -170,12 +171,13 @@ def execute(stage: Stage, config: Any) -> StageReport:
         if part.main:
             parts = part_paths(out, part.world)
             reports = [StageReport.from_dict(_read_json(p.with_name(p.name + ".report.json"))) for p in parts]
+            everything = mod.load(config, Part())  # the whole shard, for the merge's order and the final report
             merge = getattr(mod, "merge_parts", None)
             if merge is not None:
-                merge(parts, out, mod.load(config, Part()), config)
+                merge(parts, out, everything, config)
             else:
                 existing = [out] if out.exists() else []
-                order = mod.expected_ids(mod.load(config, Part()), config) if hasattr(mod, "expected_ids") else None
+                order = mod.expected_ids(everything, config) if hasattr(mod, "expected_ids") else None
                 merge_shard_records(existing + [p for p in parts if p.exists()], out, order=order)
             for p in parts:
                 for f in (p, p.with_name(p.name + ".report.json")):
@@ -191,7 +193,7 @@ def execute(stage: Stage, config: Any) -> StageReport:
             )
             finish = getattr(mod, "finish", None)
             if finish is not None:
-                finish(out, config, report, mod.load(config, Part()))
+                finish(out, config, report, everything)
         group.barrier()
         return report
     finally:

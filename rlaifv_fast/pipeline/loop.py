@@ -160,6 +160,51 @@ def _child_setup() -> None:  # pragma: no cover - runs in the child between fork
     die_with_parent()
 
 
+class StageMeter:
+    """Wall time and peak memory of one stage: the resident set of this process and all its descendants (an
+    isolated stage's launcher and workers), sampled every 50 ms."""
+
+    def __init__(self, interval: float = 0.05):
+        import threading
+
+        import psutil
+
+        self._psutil, self._interval = psutil, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self.peak = 0
+
+    def _tree_rss(self) -> int:
+        me = self._psutil.Process()
+        total = 0
+        for p in [me, *me.children(recursive=True)]:
+            with contextlib.suppress(self._psutil.Error):
+                total += p.memory_info().rss
+        return total
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._tree_rss())
+            self._stop.wait(self._interval)
+
+    def __enter__(self) -> StageMeter:
+        import time
+
+        self._t0 = time.perf_counter()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import time
+
+        self._stop.set()
+        self._thread.join()
+        self.seconds = time.perf_counter() - self._t0
+
+    def as_dict(self) -> dict:
+        return {"seconds": round(self.seconds, 3), "peak_rss_mib": round(self.peak / 2**20, 1)}
+
+
 def launcher(config: LoopConfig, stage: str) -> list[str]:
     command = config.launch.get(stage, "{python}")
     return [sys.executable if part == "{python}" else part for part in shlex.split(command)]
@@ -167,7 +212,7 @@ def launcher(config: LoopConfig, stage: str) -> list[str]:
 
 def _run_isolated(stage: str, stage_config: Any, folder: Path, config: LoopConfig) -> dict:
     cfg_path = folder / f"{stage}.config.json"
-    report_path = folder / f"{stage}.report.json"
+    report_path = folder / f"{stage}.stage-report.json"
     write_json(cfg_path, {stage: to_dict(stage_config)})
     if report_path.exists():
         report_path.unlink()
@@ -200,10 +245,12 @@ def run_loop(config: LoopConfig) -> LoopResult:
                     continue
                 stage = STAGES[name]
                 stage_config = stage.bind(getattr(config, name), ctx)
-                if config.isolate:
-                    report = _run_isolated(name, stage_config, folder, config)
-                else:
-                    report = execute(stage, stage_config).to_dict()
+                with StageMeter() as meter:
+                    if config.isolate:
+                        report = _run_isolated(name, stage_config, folder, config)
+                    else:
+                        report = execute(stage, stage_config).to_dict()
+                report["meter"] = meter.as_dict()
                 trained = None
                 if name == "train":
                     trained = report["notes"].get("final_dir")

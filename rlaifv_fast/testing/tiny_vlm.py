@@ -29,6 +29,8 @@ import os
 import pathlib
 from collections.abc import Iterable
 
+from ..engines.layout import hub_layout_key, write_hub_layout
+
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>", "<image>")
 PAD, BOS, EOS, UNK, IMAGE = SPECIAL_TOKENS
 
@@ -97,12 +99,7 @@ TINY_CHAT_TEMPLATE = (
 )
 
 
-def vllm_key(name: str) -> str:
-    """The vLLM 0.32 (LLaVA-1.5 checkpoint) name of a saved transformers 5.x LLaVA weight name: the CLIP tower's
-    `vision_tower.X` becomes `vision_tower.vision_model.X`; every other name is returned unchanged."""
-    if name.startswith("vision_tower.") and not name.startswith("vision_tower.vision_model."):
-        return "vision_tower.vision_model." + name[len("vision_tower.") :]
-    return name
+vllm_key = hub_layout_key  # the name tests use
 
 
 def vllm_state_dict_keys(path: str | os.PathLike) -> list[str]:
@@ -286,27 +283,8 @@ def build_tiny_llava(
     model.save_pretrained(out, safe_serialization=True)
     processor.save_pretrained(out)
     if for_vllm:
-        _rename_for_vllm(out)
+        write_hub_layout(out)
     return out
-
-
-def _rename_for_vllm(folder: pathlib.Path) -> None:
-    from safetensors import safe_open
-    from safetensors.torch import save_file
-
-    files = sorted(folder.glob("*.safetensors"))
-    if not files:
-        raise FileNotFoundError(f"no safetensors file in {folder}")
-    for f in files:
-        with safe_open(str(f), "pt") as sf:
-            metadata = sf.metadata() or {"format": "pt"}
-            tensors = {vllm_key(k): sf.get_tensor(k) for k in sf.keys()}
-        save_file(tensors, str(f), metadata=metadata)
-    index = folder / "model.safetensors.index.json"
-    if index.exists():
-        data = json.loads(index.read_text())
-        data["weight_map"] = {vllm_key(k): v for k, v in data.get("weight_map", {}).items()}
-        index.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def build_tiny_llama(

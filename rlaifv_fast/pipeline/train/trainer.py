@@ -42,6 +42,7 @@ import torch
 from ...ops import DPOConfig, DPOLossType, dpo_loss, sequence_logps
 from ..scoring import EncodedResponse, Triple, collate, cut_per_token, encode_triples
 from ..store import atomic_path, replace_dir
+from ...engines.layout import write_hub_layout
 from .config import LoRAConfig, TrainConfig
 
 # Submodules of a VLM that encode images (frozen by default, never LoRA targets).
@@ -236,6 +237,7 @@ def _save_model(accelerator, model, processor, folder: Path, *, merge_lora: bool
             unwrapped = unwrapped.merge_and_unload()
             state_dict = None
         unwrapped.save_pretrained(folder, state_dict=state_dict, safe_serialization=True)
+        write_hub_layout(folder)  # loadable by vLLM as well as transformers
         processor.save_pretrained(folder)
 
 

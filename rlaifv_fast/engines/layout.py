@@ -1,0 +1,57 @@
+"""The weight layout of saved LLaVA checkpoints that both runtimes load.
+
+transformers 5.x saves LLaVA's CLIP tower as `vision_tower.*`; vLLM (0.32) loads only the layout of the published
+LLaVA-1.5 checkpoints, `vision_tower.vision_model.*`, and transformers loads both. So every LLaVA folder this project
+writes (training checkpoints, final models, the test builders) is rewritten in the published layout, and a policy
+trained in one iteration can be served by vLLM in the next.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+
+# model types whose saved vision keys are renamed (verified: transformers 5.19 -> vLLM 0.32)
+HUB_LAYOUT_MODEL_TYPES = ("llava",)
+
+
+def hub_layout_key(name: str) -> str:
+    """`vision_tower.X` -> `vision_tower.vision_model.X`; every other name (language_model.*,
+    multi_modal_projector.*) is returned unchanged, as is a name already in that layout."""
+    if name.startswith("vision_tower.") and not name.startswith("vision_tower.vision_model."):
+        return "vision_tower.vision_model." + name[len("vision_tower.") :]
+    return name
+
+
+def write_hub_layout(folder: str | os.PathLike) -> bool:
+    """Rewrite the safetensors file(s) of a saved model folder in the published layout when its config.json names a
+    model type that needs it; returns whether anything was rewritten."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    folder = pathlib.Path(folder)
+    config = folder / "config.json"
+    if not config.exists() or json.loads(config.read_text()).get("model_type") not in HUB_LAYOUT_MODEL_TYPES:
+        return False
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"no safetensors file in {folder}")
+    changed = False
+    for f in files:
+        with safe_open(str(f), "pt") as sf:
+            keys = list(sf.keys())
+            if all(hub_layout_key(k) == k for k in keys):
+                continue
+            metadata = sf.metadata() or {"format": "pt"}
+            tensors = {hub_layout_key(k): sf.get_tensor(k) for k in keys}
+        tmp = f.with_name(f.name + ".tmp")
+        save_file(tensors, str(tmp), metadata=metadata)
+        os.replace(tmp, f)
+        changed = True
+    index = folder / "model.safetensors.index.json"
+    if index.exists():
+        data = json.loads(index.read_text())
+        data["weight_map"] = {hub_layout_key(k): v for k, v in data.get("weight_map", {}).items()}
+        index.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    return changed
