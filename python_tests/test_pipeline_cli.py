@@ -142,3 +142,14 @@ def test_shards_merge_into_the_records_of_one_run(tiny_llava, prompts_file, tmp_
                  *(str(tmp_path / f"shard{i}.jsonl") for i in range(2))]) == 0
     single = list(read_records(tmp_path / "all.jsonl"))
     assert list(read_records(tmp_path / "merged.jsonl")) == sorted(single, key=lambda r: r["id"])
+
+
+def test_a_second_process_on_one_output_fails_at_once(tiny_llava, prompts_file, tmp_path, capsys):  # noqa: F811
+    from rlaifv_fast.pipeline.store import exclusive
+
+    out = tmp_path / "c.jsonl"
+    with exclusive(out):  # as a running `generate` holds it
+        assert main(["generate", "--prompts", str(prompts_file), "--model", str(tiny_llava), "--out", str(out),
+                     "--n", "2", "--max-new-tokens", "4", "--no-progress"]) == 2
+    assert "another process is writing the output" in capsys.readouterr().err
+    assert not out.exists()

@@ -69,8 +69,12 @@ def test_first_step_is_ln2_lm_trains_vision_frozen_checkpoints_load(tiny_llava, 
     assert abs(first["rewards/margin"]) < 1e-5 and first["lr"] == pytest.approx(1e-3)
     assert [m["step"] for m in _metrics(out)] == [1, 2, 3, 4]
 
-    before, after = _load(tiny_llava), _load(result.final_dir)
-    assert before.keys() == after.keys()
+    from rlaifv_fast.engines.layout import hub_layout_key
+
+    # saved in the published LLaVA layout (vision_tower.vision_model.*), which vLLM and transformers both load
+    before = {hub_layout_key(k): v for k, v in _load(tiny_llava).items()}
+    after = _load(result.final_dir)
+    assert before.keys() == after.keys() and any(k.startswith("vision_tower.vision_model.") for k in after)
     vision = [k for k in before if "vision_tower" in k]
     language = [k for k in before if "language_model" in k or "lm_head" in k]
     assert vision and language
@@ -144,8 +148,12 @@ def test_lora_trains_adapters_and_saves_a_merged_model(tiny_llava, pairs, tmp_pa
     result = train_dpo(pairs, tiny_llava, config)
     assert result.metrics[0]["loss"] == pytest.approx(math.log(2), abs=1e-5)
     assert "adapter_model.safetensors" in os.listdir(tmp_path / "run" / "checkpoint-1")
-    before, after = _load(tiny_llava), _load(result.final_dir)
-    assert before.keys() == after.keys()  # merged: plain weights, no adapter keys
+    from rlaifv_fast.engines.layout import hub_layout_key
+
+    # saved in the published LLaVA layout (vision_tower.vision_model.*), which vLLM and transformers both load
+    before = {hub_layout_key(k): v for k, v in _load(tiny_llava).items()}
+    after = _load(result.final_dir)
+    assert before.keys() == after.keys() and any(k.startswith("vision_tower.vision_model.") for k in after)  # merged: plain weights, no adapter keys
     changed = [k for k in before if not torch.equal(before[k], after[k])]
     assert changed and all("language_model" in k and "_proj" in k for k in changed)
 

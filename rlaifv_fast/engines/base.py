@@ -1,8 +1,9 @@
 """The engine protocol: the one small interface the pipeline needs from a model runtime (transformers or vLLM).
 
-Engines do three things: sample n candidates per request with per-candidate seeds (deconfounded sampling: one
-decoding setting for all, candidates differ only by seed), generate greedy text (the LLM divide step), and score
-yes/no questions (full-vocabulary log P(yes-set), log P(no-set) at the first generated position).
+Engines do four things: sample n candidates per request with per-candidate seeds (deconfounded sampling: one
+decoding setting for all, candidates differ only by seed), answer greedily (evaluation), generate greedy text (the
+LLM divide step), and score yes/no questions (full-vocabulary log P(yes-set), log P(no-set) at the first generated
+position).
 """
 
 from __future__ import annotations
@@ -78,6 +79,9 @@ class Engine(Protocol):
         self, requests: Sequence[SampleRequest], n: int, decoding: DecodingConfig, *, run_seed: int
     ) -> list[list[Sample]]:
         """n candidates per request, each seeded by candidate_seed(run_seed, request_id, index)."""
+
+    def greedy(self, requests: Sequence[SampleRequest], *, max_new_tokens: int) -> list[Sample]:
+        """One greedy answer per request (image + prompt), in request order (evaluation)."""
 
     def generate(self, prompts: Sequence[str], *, max_new_tokens: int) -> list[str]:
         """Greedy text-only completions of chat prompts (used by the LLM divide step)."""

@@ -244,6 +244,26 @@ class VLLMEngine:
             raise ValueError(f"index must be >= 0, got {index}")
         return self._sample_slots([request], [(0, int(index))], decoding, run_seed)[0]
 
+    def greedy(self, requests: Sequence[SampleRequest], *, max_new_tokens: int) -> list[Sample]:
+        """One greedy answer per request (image + prompt), in request order (index 0, seed -1), as HFEngine.greedy."""
+        if int(max_new_tokens) < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        requests = list(requests)
+        prompts, texts = [], []
+        for req in requests:
+            image = load_image(req.image) if req.image is not None else None
+            text = self.render(req.prompt, image=image is not None)
+            texts.append(text)
+            prompts.append(self._prompt(text, image))
+        params = self._SamplingParams(n=1, temperature=0.0, max_tokens=int(max_new_tokens), detokenize=False)
+        outputs = self._run(prompts, texts, [params] * len(prompts))
+        samples = []
+        for req, out in zip(requests, outputs):
+            c = out.outputs[0]
+            reason = "length" if c.finish_reason == "length" else "stop"
+            samples.append(Sample(req.request_id, 0, -1, self._decode(c.token_ids), len(c.token_ids), reason))
+        return samples
+
     def generate(self, prompts: Sequence[str], *, max_new_tokens: int) -> list[str]:
         """Greedy text-only chat completions, in prompt order (stripped, as HFEngine)."""
         if int(max_new_tokens) < 1:

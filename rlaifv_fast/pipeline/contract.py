@@ -17,6 +17,7 @@ loop in this process, or by the loop as a child process writes the same records 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import types
@@ -31,7 +32,7 @@ from ..options import Options, option
 from .data import PromptError
 from .images import ImageError
 from .sharding import Part, ProcessGroup, Shard, check_shard, merge_shard_records, part_path, part_paths, select
-from .store import RecordStore, read_records, write_json
+from .store import RecordStore, exclusive, read_records, write_json
 
 T = TypeVar("T")
 
@@ -155,11 +156,13 @@ def execute(stage: Stage, config: Any) -> StageReport:
     out = stage.out_path(config)
     if part.world == 1 or not stage.data_parallel:
         inputs = mod.load(config, Part())
-        with EnginePool(mod.engines(config)) as engines:
+        with _lock_unless_worker(out, part), EnginePool(mod.engines(config)) as engines:
             return mod.run(inputs, out, config, engines=engines, progress=progress)
 
-    group = ProcessGroup(part)
-    try:
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(_lock_unless_worker(out, part))
+        group = ProcessGroup(part)
+        stack.callback(group.close)
         inputs = mod.load(config, part)
         mine = part_path(out, part)
         if not hasattr(mod, "merge_parts"):
@@ -196,8 +199,11 @@ def execute(stage: Stage, config: Any) -> StageReport:
                 finish(out, config, report, everything)
         group.barrier()
         return report
-    finally:
-        group.close()
+
+
+def _lock_unless_worker(out: Path, part: Part):
+    """The output's lock; a multi-process training takes it on its first process only."""
+    return exclusive(out) if part.main else contextlib.nullcontext()
 
 
 def _seed_part(out: Path, mine: Path, part: Part) -> None:

@@ -166,3 +166,25 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=True) + "\n", encoding="utf-8")
+
+
+class OutputLocked(RuntimeError):
+    """Another process holds the output (or work folder) this one was asked to write."""
+
+
+@contextlib.contextmanager
+def exclusive(path: str | os.PathLike, what: str = "output") -> Iterator[None]:
+    """Hold an exclusive lock beside `path` (`<path>.lock`) while writing it: a second process asked to write the same
+    output fails at once, instead of interleaving records. The lock dies with its process (even on SIGKILL)."""
+    import fcntl
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = path.with_name(path.name + ".lock")
+    with open(lock, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise OutputLocked(f"another process is writing the {what} {path} (it holds {lock}); wait for it to "
+                               "finish, or write elsewhere") from None
+        yield
