@@ -133,6 +133,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.report_json:
         write_json(args.report_json, report)
     print(json.dumps(report, indent=2, default=str))
+    if "table" in report["notes"]:  # eval: the benchmark's table, readable
+        print("\n" + report["notes"]["table"])
     return 0
 
 

@@ -138,7 +138,11 @@ def require(config: Any, *names: str) -> None:
     """A stage's io fields that must be set (the CLI's required flags), named as flags."""
     missing = ["--" + n.replace("_", "-") for n in names if getattr(config, n, None) in (None, "")]
     if missing:
-        raise PromptError(f"{type(config).__module__.rsplit('.', 1)[-1]}: missing {', '.join(missing)}")
+        import sys
+
+        module = type(config).__module__
+        stage = getattr(sys.modules.get(module), "NAME", module.rsplit(".", 1)[-1])
+        raise PromptError(f"{stage}: missing {', '.join(missing)}")
 
 
 def execute(stage: Stage, config: Any) -> StageReport:

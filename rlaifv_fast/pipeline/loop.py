@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ..options import Options, option, to_dict
+from ..eval.stage import Config as EvalConfig
 from .contract import IterationContext, StageReport, execute
 from .feedback import Config as FeedbackConfig
 from .generate import Config as GenerateConfig
@@ -52,6 +53,25 @@ class NoPairs(str, enum.Enum):
 
 class LoopError(RuntimeError):
     """A stage of the loop failed, or the work folder belongs to another run."""
+
+
+class Select(str, enum.Enum):
+    LAST = "last"
+    BEST = "best"
+
+
+class Goal(str, enum.Enum):
+    MIN = "min"
+    MAX = "max"
+
+
+def _evals(value: dict) -> None:
+    from ..eval.stage import BenchmarkKind
+
+    known = [b.value for b in BenchmarkKind]
+    bad = sorted(set(value) - set(known))
+    if bad:
+        raise ValueError(f"unknown benchmark(s) {bad}; choose from {known}")
 
 
 def _launch(value: dict) -> None:
@@ -77,6 +97,15 @@ class LoopConfig(Options):
                           "--num_processes 8'; {python} stands for this interpreter (default: {python})")
     on_no_pairs: NoPairs = option(NoPairs.CARRY, help="an iteration without preference pairs: carry the policy "
                                   "over (with a warning) or fail")
+    eval: dict = option(factory=dict, check=_evals, help="BENCH=PATH: evaluate the initial policy and every "
+                        "iteration's trained policy on this benchmark (repeatable; PATH is its --data, empty for "
+                        "shapes); the scores go into loop_state.json and the loop's report")
+    select: Select = option(Select.LAST, help="the policy carried into the next iteration: last (the one just "
+                            "trained) or best (by --select-metric, between it and the policy it started from)")
+    select_metric: str | None = option(None, help="BENCH:METRIC deciding --select best, e.g. "
+                                       "shapes:descriptions.response_level or pope:adversarial.f1")
+    select_goal: Goal = option(Goal.MIN, help="min: lower is better (hallucination rates); max: higher is better "
+                               "(F1, accuracy, recall)")
     progress: bool = option(True, help="show progress bars")
     generate: GenerateConfig = option(factory=GenerateConfig, help="the generate stage")
     feedback: FeedbackConfig = option(factory=FeedbackConfig, help="the feedback stage (unset labeler: "
@@ -84,6 +113,18 @@ class LoopConfig(Options):
     pairs: PairConfig = option(factory=PairConfig, help="the pairs stage")
     reflogps: RefLogpsConfig = option(factory=RefLogpsConfig, help="the reference log-prob stage")
     train: TrainConfig = option(factory=TrainConfig, help="the DPO stage")
+    evaluate: EvalConfig = option(factory=EvalConfig, help="the eval stage, for every --eval benchmark (its "
+                                  "benchmark and data come from --eval)")
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.select is Select.BEST:
+            if not self.select_metric or ":" not in self.select_metric:
+                raise ValueError("--select best needs --select-metric BENCH:METRIC")
+            bench = self.select_metric.split(":", 1)[0]
+            if bench not in self.eval:
+                raise ValueError(f"--select-metric names {bench!r}, which is not an --eval benchmark "
+                                 f"({sorted(self.eval)})")
 
 
 @dataclasses.dataclass
@@ -113,12 +154,23 @@ class _State:
     def done(self, it: int, stage: str) -> bool:
         return stage in self.data["done"].get(str(it), [])
 
-    def mark(self, it: int, stage: str, report: dict, trained: str | None = None) -> None:
+    def mark(self, it: int | str, stage: str, report: dict, *, carried: str | None = None,
+             trained: str | None = None) -> None:
+        """Note a finished stage; `carried`: the policy the next iteration starts from; `trained`: this iteration's
+        trained policy (before selection)."""
+        if carried is not None:
+            self.data["policies"][str(it)] = self._store(carried)
         if trained is not None:
-            self.data["policies"][str(it)] = self._store(trained)
+            self.data.setdefault("trained", {})[str(it)] = self._store(trained)
         self.data["reports"].setdefault(str(it), {})[stage] = report
         self.data["done"].setdefault(str(it), []).append(stage)
         write_json(self.path, self.data)
+
+    def trained(self, it: int) -> str:
+        return str(self.work / self.data["trained"][str(it)])
+
+    def report(self, it: int | str, stage: str) -> dict:
+        return self.data["reports"][str(it)][stage]
 
     def policy(self, it: int) -> str:
         """The policy that samples in iteration `it` (an absolute path)."""
@@ -228,6 +280,37 @@ def _run_isolated(stage: str, stage_config: Any, folder: Path, config: LoopConfi
     return json.loads(report_path.read_text())
 
 
+def _run_stage(name: str, stage_config: Any, folder: Path, config: LoopConfig) -> dict:
+    """One stage, in this process or as its own process; its report with the stage's wall time and peak memory."""
+    with StageMeter() as meter:
+        if config.isolate:
+            report = _run_isolated(name, stage_config, folder, config)
+        else:
+            report = execute(STAGES[name], stage_config).to_dict()
+    report["meter"] = meter.as_dict()
+    return report
+
+
+def _evaluate(state: _State, key: int | str, folder: Path, policy: str, config: LoopConfig, prompts: str) -> None:
+    """Every --eval benchmark on `policy`, into <folder>/eval/<bench>, each noted as stage eval:<bench> of `key`."""
+    ctx = IterationContext(-1, folder, prompts, config.limit, policy, config.progress)
+    for bench, data in config.eval.items():
+        step = f"eval:{bench}"
+        if state.done(key, step):
+            continue
+        section = dataclasses.replace(config.evaluate, benchmark=bench, data=data or None)
+        report = _run_stage("eval", STAGES["eval"].bind(section, ctx), folder, config)
+        state.mark(key, step, report)
+
+
+def _metric(state: _State, key: int | str, config: LoopConfig) -> float:
+    from ..eval.base import BenchmarkScores
+
+    bench, name = config.select_metric.split(":", 1)
+    rows = state.report(key, f"eval:{bench}")["notes"]["rows"]
+    return BenchmarkScores(bench, rows).metric(name)
+
+
 def run_loop(config: LoopConfig) -> LoopResult:
     for name in ("prompts", "model", "work_dir"):
         if not getattr(config, name):
@@ -236,6 +319,8 @@ def run_loop(config: LoopConfig) -> LoopResult:
     prompts = str(Path(config.prompts).resolve()) if "://" not in str(config.prompts) else str(config.prompts)
     with _exclusive(work):
         state = _State(work, config.model)
+        if config.eval:
+            _evaluate(state, "initial", work / "initial", state.policy(0), config, prompts)
         for it in range(config.iterations):
             folder = work / f"iter{it}"
             folder.mkdir(exist_ok=True)
@@ -243,25 +328,35 @@ def run_loop(config: LoopConfig) -> LoopResult:
             for name in LOOP_STAGES:
                 if state.done(it, name):
                     continue
-                stage = STAGES[name]
-                stage_config = stage.bind(getattr(config, name), ctx)
-                with StageMeter() as meter:
-                    if config.isolate:
-                        report = _run_isolated(name, stage_config, folder, config)
-                    else:
-                        report = execute(stage, stage_config).to_dict()
-                report["meter"] = meter.as_dict()
-                trained = None
-                if name == "train":
-                    trained = report["notes"].get("final_dir")
-                    if trained is None:
-                        message = (f"rlaifv-fast loop: iteration {it} found no preference pairs "
-                                   f"({folder / 'pairs' / 'pairs.report.json'}); ")
-                        if config.on_no_pairs is NoPairs.FAIL:
-                            raise LoopError(message + "stopping (on_no_pairs=fail)")
-                        print("WARNING " + message + "the policy carries over unchanged", file=sys.stderr)
-                        trained = ctx.policy
-                state.mark(it, name, report, trained=trained)
+                report = _run_stage(name, STAGES[name].bind(getattr(config, name), ctx), folder, config)
+                if name != "train":
+                    state.mark(it, name, report)
+                    continue
+                trained = report["notes"].get("final_dir")
+                if trained is None:
+                    message = (f"rlaifv-fast loop: iteration {it} found no preference pairs "
+                               f"({folder / 'pairs' / 'pairs.report.json'}); ")
+                    if config.on_no_pairs is NoPairs.FAIL:
+                        raise LoopError(message + "stopping (on_no_pairs=fail)")
+                    print("WARNING " + message + "the policy carries over unchanged", file=sys.stderr)
+                    trained = ctx.policy
+                state.mark(it, name, report, trained=trained, carried=None if config.eval else trained)
+            if not config.eval:
+                continue
+            _evaluate(state, it, folder, state.trained(it), config, prompts)
+            if not state.done(it, "select"):
+                carried, choice = state.trained(it), {"select": config.select.value}
+                if config.select is Select.BEST:
+                    # the score of the policy this iteration started from: the initial one's, or the one carried
+                    before = _metric(state, "initial", config) if it == 0 else state.report(it - 1, "select")["score"]
+                    after = _metric(state, it, config)
+                    keep = after > before if config.select_goal is Goal.MIN else after < before
+                    if keep:  # the trained policy is worse: carry the one the iteration started from
+                        carried = ctx.policy
+                    choice.update(metric=config.select_metric, goal=config.select_goal.value, started_from=before,
+                                  trained=after, carried="started_from" if keep else "trained",
+                                  score=before if keep else after)
+                state.mark(it, "select", choice, carried=carried)
     reports = [
         {"iteration": it, "policy": state.policy(it), **state.data["reports"].get(str(it), {})}
         for it in range(config.iterations)

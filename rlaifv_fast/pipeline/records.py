@@ -85,6 +85,26 @@ class BoNRecord:
     decoding: dict
 
 
+@dataclasses.dataclass(frozen=True)
+class EvalRecord:
+    """One benchmark item and the model's answer to it (eval): the greedy answer, and for polar questions the
+    full-vocabulary log P(yes-set), log P(no-set) at the first answer position."""
+
+    id: str
+    benchmark: str
+    split: str
+    kind: str
+    prompt: str
+    image: str | None
+    meta: dict
+    answer: str
+    num_tokens: int
+    finish_reason: str
+    logp_yes: float | None
+    logp_no: float | None
+    model: str
+
+
 _SCALARS = {int: (int,), float: (int, float), str: (str,), bool: (bool,), list: (list,), dict: (dict,)}
 
 
