@@ -81,9 +81,6 @@ def load(config: Config, part: Part) -> list[Prompt]:
     return load_prompt_set(config, part)
 
 
-def out_path(config: Config) -> Path:
-    return Path(config.out)
-
 
 def expected_ids(prompts: Sequence[Prompt], config: Config) -> list[str]:
     return [p.id for p in prompts]

@@ -7,7 +7,7 @@
     load(config, part) -> inputs                 its inputs, as the shard and process `part` of this launch see them
     run(inputs, out, config, *, engines, progress) -> StageReport
     bind(config, ctx) -> config                  the loop's wiring: paths and models of iteration ctx.iteration
-    out_path(config) -> Path
+    out_path(config) -> Path                     (optional; default: its `out` option)
 
 and optionally, for data parallelism, `merge_parts(parts, out, inputs, config)` (default: a record merge in
 `expected_ids(inputs, config)` order) and `finish(out, config, report, inputs)` (work on the merged output). The CLI and the
@@ -131,7 +131,9 @@ class Stage:
         return self.module.bind(config, ctx)
 
     def out_path(self, config: Any) -> Path:
-        return Path(self.module.out_path(config))
+        """The stage's `out_path(config)`, or its `out` option."""
+        custom = getattr(self.module, "out_path", None)
+        return Path(custom(config) if custom is not None else config.out)
 
 
 def require(config: Any, *names: str) -> None:

@@ -81,9 +81,6 @@ def load(config: Config, part: Part) -> Inputs:
     return Inputs(candidates, prompts)
 
 
-def out_path(config: Config) -> Path:
-    return Path(config.out)
-
 
 def expected_ids(inputs: Inputs, config: Config) -> list[str]:
     return [c.id for c in inputs.candidates]

@@ -65,9 +65,6 @@ def load(config: Config, part: Part) -> list[Prompt]:
     return load_prompt_set(config, part)
 
 
-def out_path(config: Config) -> Path:
-    return Path(config.out)
-
 
 def expected_ids(prompts: Sequence[Prompt], config: Config) -> list[str]:
     return [candidate_id(p.id, i) for p in prompts for i in range(config.n)]

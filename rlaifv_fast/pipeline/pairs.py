@@ -262,9 +262,6 @@ def load(config: Config, part: Part) -> Inputs:
     return Inputs(list(read_typed(config.feedback, FeedbackRecord)), load_prompt_set(config, part))
 
 
-def out_path(config: Config) -> Path:
-    return Path(config.out)
-
 
 def bind(config: Config, ctx: IterationContext) -> Config:
     return bind_prompts(config, ctx, feedback=str(ctx.folder / "feedback.jsonl"), out=str(ctx.folder / "pairs"))

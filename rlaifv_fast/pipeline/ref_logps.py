@@ -102,9 +102,6 @@ def load(config: Config, part: Part):
     return table
 
 
-def out_path(config: Config) -> Path:
-    return Path(config.out)
-
 
 def bind(config: Config, ctx: IterationContext) -> Config:
     # the frozen reference is the policy at the start of this iteration
