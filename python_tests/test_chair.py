@@ -141,8 +141,11 @@ def test_coco_chair_errors(tmp_path):
     bad.write_text(json.dumps({"categories": [{"id": 1, "name": "dog"}], "annotations": [{"image_id": 1, "category_id": 7}]}))
     with pytest.raises(ValueError, match="unknown category_id"):
         CocoChair(bad, syn)
-    with pytest.raises(ValueError, match="not COCO categories"):
-        CocoChair(inst, {"unicorn": ["horse with a horn"]})
+    # the synonym list is the object vocabulary (as in CHAIR): a class with no COCO category is fine, and mentions of
+    # it are hallucinations everywhere
+    unicorn = CocoChair(inst, {"unicorn": ["horse with a horn"]})
+    assert unicorn.mentions("a horse with a horn and a dog") == ["unicorn", "dog"]
+    assert unicorn.score({1: "a unicorn"}).object_level == 1.0
     with pytest.raises(ValueError, match="both"):
         CocoChair(inst, {"dog": ["pet"], "car": ["pet"]})
     badsyn = tmp_path / "bad_syn.txt"

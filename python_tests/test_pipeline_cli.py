@@ -153,3 +153,19 @@ def test_a_second_process_on_one_output_fails_at_once(tiny_llava, prompts_file, 
                      "--n", "2", "--max-new-tokens", "4", "--no-progress"]) == 2
     assert "another process is writing the output" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_resuming_with_other_settings_is_refused_unless_overwrite(tiny_llava, prompts_file, tmp_path, capsys):  # noqa: F811
+    out = tmp_path / "c.jsonl"
+    common = ["generate", "--prompts", str(prompts_file), "--model", str(tiny_llava), "--out", str(out), "--n", "2",
+              "--max-new-tokens", "4", "--no-progress"]
+    assert main([*common, "--run-seed", "0"]) == 0
+    first = out.read_bytes()
+    assert main([*common, "--run-seed", "0", "--batch-size", "3"]) == 0  # a batch size is not part of the identity
+    assert main([*common, "--run-seed", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "holds the output of a run with other settings" in err and "run_seed: 0 -> 1" in err
+    assert out.read_bytes() == first  # untouched
+    assert main(["--overwrite", *common, "--run-seed", "1"]) == 0
+    seeds = {r["run_seed"] for r in read_records(out)}
+    assert seeds == {1} and len(list(read_records(out))) == 12

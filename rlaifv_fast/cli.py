@@ -28,7 +28,7 @@ from typing import Any
 
 from .options import OptionError, add_arguments, build, namespace_to_dict, to_dict
 
-GLOBAL_DESTS = ("config", "debug", "command", "report_json", "inputs")
+GLOBAL_DESTS = ("config", "debug", "overwrite", "command", "report_json", "inputs")
 
 
 def _commands() -> dict[str, tuple[str, type]]:
@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML or JSON file of option values (see above)")
     parser.add_argument("--debug", action="store_true", help="on an error, show the full traceback")
+    parser.add_argument("--overwrite", action="store_true", help="a stage whose output holds another run's records "
+                        "(other settings or inputs) starts over instead of refusing")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (help_text, cls) in _commands().items():
         p = sub.add_parser(name, help=help_text, description=help_text)
@@ -126,7 +128,7 @@ def _run(args: argparse.Namespace) -> int:
     from .pipeline.stages import STAGES
     from .pipeline.store import write_json
 
-    report = execute(STAGES[args.command], config).to_dict()
+    report = execute(STAGES[args.command], config, overwrite=args.overwrite).to_dict()
     if not Part.from_env().main:
         return 0  # the first process of a launch reports
     report["config"] = to_dict(config)

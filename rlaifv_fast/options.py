@@ -56,10 +56,13 @@ def option(
     finite: bool = False,
     check: Callable[[Any], Any] | None = None,
     cli: bool = True,
+    identity: bool = True,
 ) -> Any:
-    """A dataclass field with its help text and rules. `check(value)` raises ValueError for a bad value."""
+    """A dataclass field with its help text and rules. `check(value)` raises ValueError for a bad value.
+    identity=False: the option does not change what a stage writes (batch sizes, progress bars), so a resume may
+    change it; every other option is part of the run's identity (pipeline/identity.py)."""
     metadata = {"help": help, "io": io, "flatten": flatten, "ge": ge, "gt": gt, "le": le, "lt": lt,
-                "finite": finite, "check": check, "cli": cli}
+                "finite": finite, "check": check, "cli": cli, "identity": identity}
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)

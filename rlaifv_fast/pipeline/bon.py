@@ -57,8 +57,8 @@ class Config(PromptOptions, EngineOptions):
     length_normalize: bool = option(True, help="reward beta / T * sum (RLAIF-V) instead of beta * sum")
     decoding: DecodingConfig = option(factory=DecodingConfig, flatten=True, help="the one decoding setting")
     run_seed: int = option(0, help="run seed; candidate seeds derive from (seed, prompt id, index)")
-    batch_size: int = option(4, ge=1, help="prompts per sampling call")
-    score_batch_size: int = option(8, ge=1, help="candidate sequences per scoring forward")
+    batch_size: int = option(4, ge=1, identity=False, help="prompts per sampling call")
+    score_batch_size: int = option(8, ge=1, identity=False, help="candidate sequences per scoring forward")
     score_engine_options: dict = option(factory=dict, help="a transformers option of the scoring engines (device, "
                                         "dtype, ...); with --engine hf and none given, the sampling engine scores")
 

@@ -32,6 +32,7 @@ from ..options import Options, option
 from .data import PromptError
 from .images import ImageError
 from .sharding import Part, ProcessGroup, Shard, check_shard, merge_shard_records, part_path, part_paths, select
+from .identity import check_identity, run_identity
 from .store import RecordStore, exclusive, read_records, write_json
 
 T = TypeVar("T")
@@ -147,7 +148,7 @@ def require(config: Any, *names: str) -> None:
         raise PromptError(f"{stage}: missing {', '.join(missing)}")
 
 
-def execute(stage: Stage, config: Any) -> StageReport:
+def execute(stage: Stage, config: Any, *, overwrite: bool = False) -> StageReport:
     """Run one stage from its config: inputs loaded, engines built, the run, engines closed. Under a
     multi-process launch a DATA_PARALLEL stage splits its inputs over the processes, each writes a part file beside
     the output, and the first process merges them into it (parts left by a crash are resumed, then removed)."""
@@ -163,10 +164,14 @@ def execute(stage: Stage, config: Any) -> StageReport:
     if part.world == 1 or not stage.data_parallel:
         inputs = mod.load(config, Part())
         with _lock_unless_worker(out, part), EnginePool(mod.engines(config)) as engines:
+            if part.main:
+                check_identity(out, run_identity(stage.name, config), overwrite=overwrite)
             return mod.run(inputs, out, config, engines=engines, progress=progress)
 
     with contextlib.ExitStack() as stack:
         stack.enter_context(_lock_unless_worker(out, part))
+        if part.main:
+            check_identity(out, run_identity(stage.name, config), overwrite=overwrite)
         group = ProcessGroup(part)
         stack.callback(group.close)
         inputs = mod.load(config, part)
@@ -240,7 +245,7 @@ def resolve(path: str | os.PathLike | None, base: Path) -> str | None:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class RunOptions(Options):
-    progress: bool = option(True, io=True, help="show progress bars")
+    progress: bool = option(True, io=True, identity=False, help="show progress bars")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -250,11 +255,11 @@ class PromptOptions(RunOptions):
     prompts: str | None = option(None, io=True, help="prompt source: a .jsonl or .parquet file (rows with "
                                  "'question' and 'image' (a path relative to the file, or {bytes, path}), optional "
                                  "'id'), or a saved datasets folder")
-    limit: int | None = option(None, io=True, ge=1, help="use only the first N prompts")
-    shard: str | None = option(None, io=True, check=check_shard,
+    limit: int | None = option(None, io=True, ge=1, identity=False, help="use only the first N prompts")
+    shard: str | None = option(None, io=True, check=check_shard, identity=False,
                                help="process shard I of N (I/N; split by a hash of the prompt id, so the shards' "
                                "outputs merge with `rlaifv-fast merge` into exactly the records of one run)")
-    skip_bad: bool = option(False, help="skip malformed rows and unreadable images (counted in the report) instead "
+    skip_bad: bool = option(False, identity=False, help="skip malformed rows and unreadable images (counted in the report) instead "
                             "of failing")
 
 

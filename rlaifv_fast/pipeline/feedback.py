@@ -48,7 +48,7 @@ class Config(PromptOptions, EngineOptions):
     divider_engine: EngineKind | None = option(None, help="runtime of the divider model (default: the labeler's)")
     divider_engine_options: dict = option(factory=dict, help="an option of the divider's engine (default: the "
                                           "labeler's options when the divider model is the labeler)")
-    batch_size: int = option(16, ge=1, help="candidates per batch (their claims are scored together)")
+    batch_size: int = option(16, ge=1, identity=False, help="candidates per batch (their claims are scored together)")
     yes_words: tuple[str, ...] = option(YES_WORDS, check=_words, help="words whose tokens make the yes-set")
     no_words: tuple[str, ...] = option(NO_WORDS, check=_words, help="words whose tokens make the no-set")
 

@@ -39,7 +39,7 @@ class Config(PromptOptions, EngineOptions):
     decoding: DecodingConfig = option(factory=DecodingConfig, flatten=True, help="the one decoding setting")
     run_seed: int = option(0, help="run seed; candidate seeds derive from (seed, prompt id, index); the loop adds "
                            "the iteration number")
-    batch_size: int = option(8, ge=1, help="prompts per engine call")
+    batch_size: int = option(8, ge=1, identity=False, help="prompts per engine call")
     mixed_decodings: tuple[DecodingConfig, ...] = option(
         (), help="the confounded baseline (an ablation, not the method): candidate i is sampled with setting "
         "i %% len of this JSON list of decoding settings; empty means one setting for all")

@@ -33,6 +33,7 @@ from typing import Any
 from ..options import Options, option, to_dict
 from ..eval.stage import Config as EvalConfig
 from .contract import IterationContext, StageReport, execute
+from .identity import run_identity
 from .feedback import Config as FeedbackConfig
 from .generate import Config as GenerateConfig
 from .pairs import Config as PairConfig
@@ -90,9 +91,9 @@ class LoopConfig(Options):
     model: str | None = option(None, help="the initial policy folder (also the first iteration's reference)")
     work_dir: str | None = option(None, help="folder for every iteration's outputs and loop_state.json")
     iterations: int = option(4, ge=1, help="K (the paper: 4)")
-    isolate: bool = option(False, help="run each stage of each iteration as its own process (its CLI command "
+    isolate: bool = option(False, identity=False, help="run each stage of each iteration as its own process (its CLI command "
                            "behind its launcher); off: in this process")
-    launch: dict = option(factory=dict, check=_launch, help="STAGE=COMMAND: the launcher of a stage in isolated "
+    launch: dict = option(factory=dict, check=_launch, identity=False, help="STAGE=COMMAND: the launcher of a stage in isolated "
                           "mode, e.g. train='torchrun --nproc_per_node 8' or reflogps='accelerate launch "
                           "--num_processes 8'; {python} stands for this interpreter (default: {python})")
     on_no_pairs: NoPairs = option(NoPairs.CARRY, help="an iteration without preference pairs: carry the policy "
@@ -106,7 +107,7 @@ class LoopConfig(Options):
                                        "shapes:descriptions.response_level or pope:adversarial.f1")
     select_goal: Goal = option(Goal.MIN, help="min: lower is better (hallucination rates); max: higher is better "
                                "(F1, accuracy, recall)")
-    progress: bool = option(True, help="show progress bars")
+    progress: bool = option(True, identity=False, help="show progress bars")
     generate: GenerateConfig = option(factory=GenerateConfig, help="the generate stage")
     feedback: FeedbackConfig = option(factory=FeedbackConfig, help="the feedback stage (unset labeler: "
                                       "self-feedback)")
@@ -150,6 +151,16 @@ class _State:
                 )
         else:
             self.data = {"initial_policy": initial, "done": {}, "policies": {}, "reports": {}}
+
+    def check(self, identity: dict) -> None:
+        """The loop's settings must be those it started with: finished stages are not redone."""
+        from .identity import _differences
+
+        old = self.data.setdefault("identity", identity)
+        diff = _differences({"options": old["options"]}, {"options": identity["options"]})
+        if diff:
+            raise LoopError(f"{self.path} belongs to a loop with other settings ({'; '.join(diff[:6])}); resume it "
+                            "with the settings it started with, or use another work folder")
 
     def done(self, it: int, stage: str) -> bool:
         return stage in self.data["done"].get(str(it), [])
@@ -317,8 +328,15 @@ def run_loop(config: LoopConfig) -> LoopResult:
             raise LoopError(f"loop needs --{name.replace('_', '-')}")
     work = Path(config.work_dir).resolve()
     prompts = str(Path(config.prompts).resolve()) if "://" not in str(config.prompts) else str(config.prompts)
+    # paths as absolute ones, so the loop's identity does not depend on the directory it is resumed from
+    absolute = lambda p: str(Path(p).resolve()) if p and Path(p).exists() else p  # noqa: E731
+    config = dataclasses.replace(
+        config, prompts=prompts, model=absolute(config.model), work_dir=str(work),
+        feedback=dataclasses.replace(config.feedback, labeler=absolute(config.feedback.labeler),
+                                     divider_model=absolute(config.feedback.divider_model)))
     with _exclusive(work):
         state = _State(work, config.model)
+        state.check(run_identity("loop", config))
         if config.eval:
             _evaluate(state, "initial", work / "initial", state.policy(0), config, prompts)
         for it in range(config.iterations):

@@ -53,9 +53,9 @@ class Config(RunOptions):
                                "iteration)")
     out: str | None = option(None, io=True, help="output parquet: the pairs' columns plus ref_* columns (written "
                              "atomically)")
-    shard: str | None = option(None, io=True, check=check_shard, help="score shard I of N of the pairs (I/N, by a "
+    shard: str | None = option(None, io=True, check=check_shard, identity=False, help="score shard I of N of the pairs (I/N, by a "
                                "hash of the pair id); merge the shards' parquets with `rlaifv-fast merge`")
-    batch_size: int = option(8, ge=1, help="sequences per forward")
+    batch_size: int = option(8, ge=1, identity=False, help="sequences per forward")
     engine_options: dict = option(factory=dict, help="a transformers engine option (device, dtype, "
                                   "trust_remote_code, local_files_only, attn_implementation)")
 

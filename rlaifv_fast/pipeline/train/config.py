@@ -72,11 +72,11 @@ class TrainConfig(Options):
                                      "(needs peft); final/ holds the merged model")
     trust_remote_code: bool = option(False, help="pass trust_remote_code to transformers")
     seed: int = option(0, help="seed of the data order and initialisation")
-    save_every: int = option(0, ge=0, help="checkpoint every N optimiser steps (0: only the last step's)")
-    save_total_limit: int | None = option(None, ge=1, help="keep only the newest N checkpoints (none keeps all)")
-    log_every: int = option(1, ge=1, help="log metrics every N optimiser steps")
-    report_to: tuple[str, ...] = option((), help="accelerate trackers (tensorboard, wandb, ...)")
-    resume: bool = option(False, io=True, help="continue from the newest checkpoint in output_dir (model, optimizer, "
+    save_every: int = option(0, ge=0, identity=False, help="checkpoint every N optimiser steps (0: only the last step's)")
+    save_total_limit: int | None = option(None, ge=1, identity=False, help="keep only the newest N checkpoints (none keeps all)")
+    log_every: int = option(1, ge=1, identity=False, help="log metrics every N optimiser steps")
+    report_to: tuple[str, ...] = option((), identity=False, help="accelerate trackers (tensorboard, wandb, ...)")
+    resume: bool = option(False, io=True, identity=False, help="continue from the newest checkpoint in output_dir (model, optimizer, "
                           "scheduler, RNG)")
 
     def __post_init__(self):
