@@ -49,8 +49,8 @@ def binary_metrics(predicted: Sequence[str], labels: Sequence[str], *, positive:
     n = len(labels)
     precision, recall = safe_div(tp, tp + fp), safe_div(tp, tp + fn)
     f1 = None
-    if precision is not None and recall is not None:
-        f1 = safe_div(2 * precision * recall, precision + recall)
+    if precision is not None and recall is not None:  # P = R = 0 gives F1 0 (the limit; AMBER's scorer agrees)
+        f1 = safe_div(2 * precision * recall, precision + recall) or 0.0
     return {"accuracy": safe_div(tp + tn, n), "precision": precision, "recall": recall, "f1": f1,
             "yes_ratio": safe_div(tp + fp, n), "n": n}
 
