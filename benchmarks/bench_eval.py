@@ -127,13 +127,18 @@ def _amber_scoring(root: Path, n: int) -> dict:
             truth = rng.sample(words, 4)
             annotations.append({"id": i, "type": "generative", "truth": truth,
                                 "hallu": [w for w in words if w not in truth][:3]})
-            queries.append({"id": i, "image": f"AMBER_{i}.jpg", "query": "Describe this image."})
+            queries.append({"id": i, "image": f"AMBER_{i % 20}.jpg", "query": "Describe this image."})
         else:
             kind = types[i % len(types)]
             annotations.append({"id": i, "type": kind, "truth": "no" if kind in ("discriminative-hallucination",
                                                                                  "relation") else "yes"})
-            queries.append({"id": i, "image": f"AMBER_{i % 50}.jpg", "query": "Is there a dog in this image?"})
+            queries.append({"id": i, "image": f"AMBER_{i % 20}.jpg", "query": "Is there a dog in this image?"})
     (data / "annotations.json").write_text(json.dumps(annotations, indent=4))
+    from PIL import Image
+
+    (data / "image").mkdir(exist_ok=True)
+    for k in range(20):
+        Image.new("RGB", (8, 8), (k, 0, 0)).save(data / "image" / f"AMBER_{k}.jpg")
     (data / "query" / "query_all.json").write_text(json.dumps(queries, indent=4))
     bench = AmberBenchmark(data)
     records = []
