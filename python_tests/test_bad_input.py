@@ -134,7 +134,7 @@ def test_dpo_bad_inputs():
     a = torch.randn(3)
     with pytest.raises(ValueError, match=r"ref_rejected_logps has shape \(2,\), expected \(3,\)"):
         rlaifv_fast.dpo_loss(a, a, a, a[:2])
-    with pytest.raises(ValueError, match="DPOConfig.beta must be > 0"):
+    with pytest.raises(ValueError, match="DPOConfig.beta must be a finite number > 0"):
         rlaifv_fast.DPOConfig(beta=0)
     with pytest.raises(ValueError, match="label_smoothing applies to sigmoid and robust"):
         rlaifv_fast.DPOConfig(loss_type="hinge", label_smoothing=0.1)
@@ -142,3 +142,22 @@ def test_dpo_bad_inputs():
         rlaifv_fast.DPOConfig(loss_type="nope")
     with pytest.raises(ValueError, match=r"must be \(2P, T, V\)"):
         rlaifv_fast.dpo_loss_from_logits(torch.randn(3, 2, 4), torch.zeros(3, 2, dtype=torch.long), a[:1], a[:1])
+
+
+def test_ops_refuse_nonsense_parameters():
+    from rlaifv_fast import DPOConfig, bon_rewards, yes_no_logprobs
+
+    z = torch.randn(2, 10)
+    with pytest.raises(TypeError, match=r"yes_ids must hold integer token ids, got 3.7"):
+        yes_no_logprobs(z, [3.7], [1])
+    with pytest.raises(TypeError, match=r"no_ids must hold integer token ids, got '5'"):
+        yes_no_logprobs(z, [3], ["5"])
+    with pytest.raises(ValueError, match="beta must be a finite number > 0, got inf"):
+        DPOConfig(beta=float("inf"))
+    with pytest.raises(ValueError, match="sft_weight must be a finite number >= 0, got -1"):
+        DPOConfig(sft_weight=-1.0)
+    logits = torch.randn(4, 3, 10)
+    labels = torch.randint(0, 10, (4, 3))
+    for beta in (-0.1, float("nan"), 0.0):
+        with pytest.raises(ValueError, match="beta must be a finite number > 0"):
+            bon_rewards(logits, logits.clone(), labels, beta=beta, groups=2)

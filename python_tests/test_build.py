@@ -3,6 +3,8 @@
 import os
 import shutil
 
+import pytest
+
 import rlaifv_fast
 
 
@@ -17,7 +19,7 @@ def test_cuda_kernels_compiled_when_nvcc_is_present():
     # CI has nvcc: the CUDA kernels must compile there even though nothing can run them
     has_nvcc = shutil.which("nvcc") or os.path.exists("/usr/local/cuda/bin/nvcc")
     if os.environ.get("RLAIFV_CUDA", "AUTO").upper() == "OFF" or not has_nvcc:
-        return
+        pytest.skip("no nvcc on this machine (or RLAIFV_CUDA=OFF): the CUDA kernels are not built")
     info = rlaifv_fast.build_info()
     assert info["cuda"] is True
     archs = info["cuda_archs"].split(",")

@@ -46,7 +46,7 @@ def test_jsonl_with_relative_paths_and_stable_ids(image_dir):
         ({"image": "img/a.png", "question": "  "}, r"row 1: 'question' is missing or empty"),
         ({"image": "img/nope.png", "question": "q"}, r"row 1: image file not found: .*nope.png"),
         ("[1, 2]", r"row 1: expected an object"),
-        ("{not json", r"p.jsonl:2: not valid JSON"),
+        ("{not json", r"p.jsonl: row 1 \(line 2: not valid JSON"),
     ],
 )
 def test_bad_rows_name_the_row(image_dir, row, message):
@@ -97,3 +97,17 @@ def test_trl_schema(tmp_path):
                                                "images": [{"bytes": png(), "path": None}]}])
     table = pq.read_table(tmp_path / "t.parquet")
     assert table.column_names == ["prompt", "chosen", "rejected", "images"]
+
+
+def test_undecodable_rows_are_row_errors_and_skippable(image_dir):
+    path = image_dir / "bad.jsonl"
+    good = json.dumps({"id": "ok", "image": "img/a.png", "question": "Describe it."}).encode()
+    surrogate = b'{"id": "s", "image": "img/a.png", "question": "What is \\ud800 this?"}'
+    path.write_bytes(good + b"\n" + b'{"id": "x", "question": "caf\xe9"}\n' + surrogate + b"\n{broken\n")
+    with pytest.raises(PromptError, match=r"row 1 \(line 2: not UTF-8 text"):
+        load_prompts(path)
+    prompts, report = load_prompts(path, skip_bad=True)
+    assert [p.id for p in prompts] == ["ok"]
+    assert len(report.skipped) == 3
+    assert "not UTF-8" in report.skipped[0] and "lone surrogate" in report.skipped[1]
+    assert "not valid JSON" in report.skipped[2]

@@ -332,3 +332,28 @@ def test_generate_greedy_order_and_batch_invariance(engine, engine_b1):
     b = engine_b1.generate(prompts, max_new_tokens=10)
     assert a == b and len(a) == 3 and all(isinstance(t, str) for t in a)
     assert engine.generate(prompts[1:2], max_new_tokens=10) == a[1:2]
+
+
+def test_model_folders_fail_early_and_pickle_weights_need_consent(tiny_llama, tmp_path):  # noqa: F811
+    import shutil
+
+    from rlaifv_fast.engines import make_engine
+
+    with pytest.raises(FileNotFoundError, match=r"model folder .*nowhere does not exist"):
+        make_engine("hf", str(tmp_path / "nowhere"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="config.json is missing"):
+        make_engine("hf", str(tmp_path / "empty"))
+    # the same model with its weights as a pickle file: refused unless the user vouches for the folder
+    folder = tmp_path / "pickled"
+    shutil.copytree(tiny_llama, folder)
+    from safetensors.torch import load_file
+
+    state = load_file(str(folder / "model.safetensors"))
+    (folder / "model.safetensors").unlink()
+    torch.save(state, folder / "pytorch_model.bin")
+    with pytest.raises(ValueError, match=r"only pickle weights \(pytorch_model.bin\).*allow_pickle_weights=true"):
+        make_engine("hf", str(folder))
+    engine = make_engine("hf", str(folder), options={"allow_pickle_weights": True})
+    assert engine.generate(["Describe the dog."], max_new_tokens=3) == make_engine("hf", str(tiny_llama)).generate(
+        ["Describe the dog."], max_new_tokens=3)

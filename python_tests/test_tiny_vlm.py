@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import time
 
 import pytest
 import torch
@@ -28,14 +27,11 @@ def _md5(path) -> str:
     return hashlib.md5(path.read_bytes()).hexdigest()
 
 
-def test_loads_offline_fast(tiny_llava):
+def test_loads_offline(tiny_llava):
     from transformers import AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
 
-    t0 = time.perf_counter()
     processor = AutoProcessor.from_pretrained(tiny_llava, local_files_only=True)
     model = AutoModelForImageTextToText.from_pretrained(tiny_llava, local_files_only=True)
-    elapsed = time.perf_counter() - t0
-    assert elapsed < 1.0, elapsed
     assert type(processor).__name__ == "LlavaProcessor"
     try:
         import torchvision  # noqa: F401

@@ -72,7 +72,7 @@ def test_options_pass_through_with_defaults(engine):
     kw = engine.llm_kwargs
     assert kw["kv_cache_memory_bytes"] == 64 << 20 and kw["max_model_len"] == 512 and kw["dtype"] == "float32"
     assert kw["enable_prefix_caching"] is True and kw["trust_remote_code"] is False
-    assert engine.options == OPTIONS
+    assert engine.options == OPTIONS and kw["load_format"] == "safetensors"  # no pickle weights unless asked
     assert engine.multimodal
 
 

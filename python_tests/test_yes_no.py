@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 import rlaifv_fast
@@ -35,10 +35,9 @@ def close(got, want, z):
 )
 def test_matches_oracle_2d(B, V, dtype, n_yes, n_no, scale, seed):
     torch.manual_seed(seed)
-    ids = torch.randperm(V)[: min(V, n_yes + n_no)].tolist()
-    yes, no = ids[: max(1, len(ids) // 2)], ids[max(1, len(ids) // 2) :]
-    if not no:
-        return
+    assume(n_yes + n_no <= V)  # both sets non-empty and disjoint
+    ids = torch.randperm(V)[: n_yes + n_no].tolist()
+    yes, no = ids[:n_yes], ids[n_yes:]
     z = (torch.randn(B, V) * scale).to(DTYPES[dtype])
     got = rlaifv_fast.yes_no_logprobs(z, yes + yes[:1], no)  # a duplicate id is ignored
     want_y, want_n = oracle(z, yes, no)

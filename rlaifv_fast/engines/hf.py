@@ -178,6 +178,7 @@ class HFEngine:
             full prompt (the baseline). Models outside LLaVA / Llama / Qwen2 / Qwen3 always take the plain path.
         model_name: name recorded in provenance (default: the folder name).
         attn_implementation: passed to from_pretrained when given (e.g. "sdpa", "eager").
+        allow_pickle_weights: load a folder whose weights are pickle files (.bin); off: safetensors only.
     """
 
     def __init__(
@@ -192,8 +193,14 @@ class HFEngine:
         share_prefix: bool = True,
         model_name: str | None = None,
         attn_implementation: str | None = None,
+        allow_pickle_weights: bool = False,
     ):
         from transformers import AutoConfig
+
+        from .layout import check_model_folder
+
+        check_model_folder(model_path, local_files_only=bool(local_files_only),
+                           allow_pickle_weights=bool(allow_pickle_weights))
 
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -209,7 +216,9 @@ class HFEngine:
         self.prompts = ChatPrompts.load(self.model_path, model_name=self.model_name, **load)
         self.processor, self.tokenizer = self.prompts.processor, self.prompts.tokenizer
         self.multimodal = self.prompts.multimodal
-        model_kwargs: dict[str, Any] = dict(load, dtype=self.dtype)
+        # safetensors only, unless the user vouches for the folder's pickle weights
+        model_kwargs: dict[str, Any] = dict(load, dtype=self.dtype, use_safetensors=None if allow_pickle_weights
+                                            else True)
         if attn_implementation is not None:
             model_kwargs["attn_implementation"] = attn_implementation
         if self.multimodal:

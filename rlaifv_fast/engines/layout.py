@@ -55,3 +55,32 @@ def write_hub_layout(folder: str | os.PathLike) -> bool:
         data["weight_map"] = {hub_layout_key(k): v for k, v in data.get("weight_map", {}).items()}
         index.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     return changed
+
+
+PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
+
+
+def check_model_folder(path: str | os.PathLike, *, local_files_only: bool = True,
+                       allow_pickle_weights: bool = False) -> None:
+    """Fail early and clearly on a model folder that is not there (instead of the hub client's "Repo id must use
+    alphanumeric chars" or "check your internet connection"), and on one whose weights are pickle files only:
+    unpickling can run code, so those load only when the user vouches for the folder."""
+    p = pathlib.Path(path)
+    if not p.exists():
+        if local_files_only:
+            raise FileNotFoundError(f"model folder {os.fspath(path)} does not exist (a hub model downloads only with "
+                                    "the engine option local_files_only=false)")
+        return  # a hub name, downloaded by the user's choice
+    if not p.is_dir():
+        raise NotADirectoryError(f"model path {os.fspath(path)} is a file; give the model's folder")
+    if not (p / "config.json").exists():
+        raise FileNotFoundError(f"{os.fspath(path)} is not a model folder: config.json is missing")
+    if any(p.glob("*.safetensors")):
+        return
+    pickles = sorted(f.name for pattern in PICKLE_WEIGHTS for f in p.glob(pattern))
+    if pickles and not allow_pickle_weights:
+        raise ValueError(
+            f"{os.fspath(path)} holds only pickle weights ({', '.join(pickles[:3])}); loading a pickle can run code. "
+            "Convert them to safetensors, or, for a folder you trust, pass the engine option "
+            "allow_pickle_weights=true"
+        )

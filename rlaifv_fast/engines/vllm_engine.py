@@ -125,10 +125,18 @@ class VLLMEngine:
         options = dict(options or {})
         if "model" in options:
             raise ValueError("options must not contain 'model'; pass the model as model_path")
+        from .layout import check_model_folder
+
+        allow_pickle = bool(options.pop("allow_pickle_weights", False))
+        check_model_folder(model_path, local_files_only=os.path.exists(os.fspath(model_path)),
+                           allow_pickle_weights=allow_pickle)
+
         self.model_path = os.fspath(model_path)
         self.model_name = model_name or os.path.basename(self.model_path.rstrip("/\\")) or self.model_path
         self.options = options
         self.llm_kwargs = default_options(options, cpu=current_platform.is_cpu())
+        if not allow_pickle:  # safetensors only, unless the user vouches for the folder's pickle weights
+            self.llm_kwargs.setdefault("load_format", "safetensors")
         self._load_processor()  # before the (slow) engine start: a model without a chat template fails fast
         self._SamplingParams = vllm.SamplingParams
         # SamplingParams.logprob_token_ids: the log-probs of chosen token ids (present in vLLM 0.32)

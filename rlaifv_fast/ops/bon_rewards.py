@@ -9,6 +9,8 @@ and reference logits once each; the reference may instead be given as per-token 
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -119,6 +121,9 @@ def bon_rewards(
     N, T, V = policy_logits.shape
     labels = _checks.check_index("labels", labels, (N, T), policy_logits.device)
     temperature = _checks.check_temperature(temperature)
+    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not (beta > 0 and math.isfinite(beta)):
+        # a negative beta would pick the worst answer, a NaN one no answer at all
+        raise ValueError(f"beta must be a finite number > 0, got {beta!r}")
     ref = _checks.check_tensor("ref", ref)
     ref_logits = ref_logps = None
     if ref.dim() == 3:

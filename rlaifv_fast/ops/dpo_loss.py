@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
 from typing import NamedTuple
 
 import torch
@@ -41,8 +42,10 @@ class DPOConfig:
 
     def __post_init__(self):
         object.__setattr__(self, "loss_type", DPOLossType(self.loss_type))
-        if not self.beta > 0:
-            raise ValueError(f"DPOConfig.beta must be > 0, got {self.beta}")
+        if not (self.beta > 0 and math.isfinite(self.beta)):
+            raise ValueError(f"DPOConfig.beta must be a finite number > 0, got {self.beta}")
+        if not (self.sft_weight >= 0 and math.isfinite(self.sft_weight)):
+            raise ValueError(f"DPOConfig.sft_weight must be a finite number >= 0, got {self.sft_weight}")
         if not 0.0 <= self.label_smoothing < 0.5:
             raise ValueError(f"DPOConfig.label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
         if self.label_smoothing and self.loss_type not in (DPOLossType.SIGMOID, DPOLossType.ROBUST):

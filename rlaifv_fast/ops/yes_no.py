@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import NamedTuple
 
+import numpy as np
 import torch
 
 from . import _checks, _dispatch
@@ -48,6 +49,10 @@ def _token_set(name: str, ids: Sequence[int] | torch.Tensor, V: int) -> list[int
             raise TypeError(f"{name} must be a 1-D int32/int64 tensor or a sequence of ints, got {ids.dtype} {ids.dim()}-D")
         values = ids.tolist()
     else:
+        # a float or a string is not a token id: int() would truncate 3.7 or parse "5" silently
+        bad = [i for i in ids if isinstance(i, bool) or not isinstance(i, (int, np.integer))]
+        if bad:
+            raise TypeError(f"{name} must hold integer token ids, got {bad[0]!r} ({type(bad[0]).__name__})")
         values = [int(i) for i in ids]
     values = sorted(set(values))
     if not values:

@@ -86,24 +86,38 @@ def _rows(source: Any) -> tuple[Iterable[dict], str, str | None]:
     raise PromptError(f"{path}: unsupported prompt file type (use .jsonl, .parquet, or a saved dataset folder)")
 
 
-def _jsonl_rows(path: Path) -> Iterable[dict]:
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
+class _BadRow(str):
+    """A line that is not a JSON object (bad bytes or bad JSON): a row error, skippable with skip_bad."""
+
+
+def _jsonl_rows(path: Path) -> Iterable[dict | _BadRow]:
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            if not raw.strip():
                 continue
             try:
-                row = json.loads(line)
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                yield _BadRow(f"line {lineno}: not UTF-8 text (byte {e.start}: {raw[e.start:e.start + 1]!r})")
+                continue
+            try:
+                yield json.loads(line)
             except json.JSONDecodeError as e:
-                raise PromptError(f"{path}:{lineno}: not valid JSON ({e})") from e
-            yield row
+                yield _BadRow(f"line {lineno}: not valid JSON ({e})")
 
 
 def _parse_row(row: Any, index: int, base_dir: str | None, check_images: bool) -> Prompt:
+    if isinstance(row, _BadRow):
+        raise PromptError(f"row {index} ({row})")
     if not isinstance(row, dict):
         raise PromptError(f"row {index}: expected an object with 'question' and 'image', got {type(row).__name__}")
     question = row.get("question")
     if not isinstance(question, str) or not question.strip():
         raise PromptError(f"row {index}: 'question' is missing or empty")
+    try:
+        question.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate ("\\ud800" in the JSON) is no text a tokenizer can take
+        raise PromptError(f"row {index}: 'question' is not valid Unicode text (a lone surrogate)") from None
     image = row.get("image", row.get("image_path"))
     if isinstance(image, str):
         if base_dir and not os.path.isabs(image):
