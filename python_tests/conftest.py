@@ -35,10 +35,36 @@ def _seed():
 
 
 @pytest.fixture(params=["native", "reference"])
-def backend(request, monkeypatch):
+def backend(request):
     """Run a test through the native kernels and through the pure-PyTorch fallback of the dispatch point."""
-    if request.param == "reference":
-        from rlaifv_fast.ops import _dispatch
+    if request.param == "native":
+        yield request.param
+        return
+    from rlaifv_fast.ops import force_backend
 
-        monkeypatch.setattr(_dispatch, "backend_for", lambda device: _dispatch.Backend.REFERENCE)
-    return request.param
+    with force_backend("reference"):
+        yield request.param
+
+
+# ---- tiny offline models (built once per session) and test images
+
+
+@pytest.fixture(scope="session")
+def tiny_llava(tmp_path_factory):
+    from rlaifv_fast.testing import build_tiny_llava
+
+    return build_tiny_llava(tmp_path_factory.mktemp("models") / "tiny-llava", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory):
+    from rlaifv_fast.testing import build_tiny_llama
+
+    return build_tiny_llama(tmp_path_factory.mktemp("models") / "tiny-llama", seed=0)
+
+
+@pytest.fixture(scope="session")
+def images():
+    from fixtures_tiny import make_images
+
+    return make_images(3)

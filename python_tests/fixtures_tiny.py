@@ -1,29 +1,11 @@
-"""Session-scoped tiny models (built once, offline) and test images, shared by the engine tests.
-
-Import the fixtures into a test module: `from fixtures_tiny import tiny_llava, tiny_llama, images  # noqa: F401`.
-"""
+"""Test images and their bytes, shared by the tests (the tiny-model fixtures are in conftest.py)."""
 
 from __future__ import annotations
 
 import io
 
 import numpy as np
-import pytest
 from PIL import Image
-
-
-@pytest.fixture(scope="session")
-def tiny_llava(tmp_path_factory):
-    from rlaifv_fast.testing import build_tiny_llava
-
-    return build_tiny_llava(tmp_path_factory.mktemp("models") / "tiny-llava", seed=0)
-
-
-@pytest.fixture(scope="session")
-def tiny_llama(tmp_path_factory):
-    from rlaifv_fast.testing import build_tiny_llama
-
-    return build_tiny_llama(tmp_path_factory.mktemp("models") / "tiny-llama", seed=0)
 
 
 def make_images(n: int = 3, seed: int = 0) -> list[Image.Image]:
@@ -40,8 +22,3 @@ def png_bytes(image: Image.Image) -> bytes:
     buf = io.BytesIO()
     image.save(buf, format="PNG")
     return buf.getvalue()
-
-
-@pytest.fixture(scope="session")
-def images():
-    return make_images(3)

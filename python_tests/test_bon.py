@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from fixtures_tiny import make_images, png_bytes, tiny_llava  # noqa: F401
+from fixtures_tiny import make_images, png_bytes
 
 from rlaifv_fast import bon_rewards
 from rlaifv_fast.pipeline.bon import BoNConfig, bon_report, report_path_for, run_bon
@@ -36,7 +36,7 @@ def policy(policy_path):
 
 
 @pytest.fixture(scope="module")
-def reference(tiny_llava):  # noqa: F811
+def reference(tiny_llava):
     return HFEngine(tiny_llava, model_name="reference")
 
 
@@ -133,7 +133,7 @@ def test_policy_equal_to_reference_gives_zero_rewards_and_the_first_candidate(re
         assert rec["picked_index"] == rec["picked_index_unnormalized"] == 0
 
 
-def test_cli_bon(policy_path, tiny_llava, tmp_path, capsys):  # noqa: F811
+def test_cli_bon(policy_path, tiny_llava, tmp_path, capsys):
     (tmp_path / "img").mkdir()
     rows = []
     for i, image in enumerate(make_images(2)):

@@ -6,7 +6,7 @@ import inspect
 
 import pytest
 import torch
-from fixtures_tiny import images, make_images, png_bytes, tiny_llama, tiny_llava  # noqa: F401
+from fixtures_tiny import make_images, png_bytes
 
 from rlaifv_fast.engines.base import (
     NO_WORDS,
@@ -334,7 +334,7 @@ def test_generate_greedy_order_and_batch_invariance(engine, engine_b1):
     assert engine.generate(prompts[1:2], max_new_tokens=10) == a[1:2]
 
 
-def test_model_folders_fail_early_and_pickle_weights_need_consent(tiny_llama, tmp_path):  # noqa: F811
+def test_model_folders_fail_early_and_pickle_weights_need_consent(tiny_llama, tmp_path):
     import shutil
 
     from rlaifv_fast.engines import make_engine

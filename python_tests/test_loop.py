@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from fixtures_tiny import make_images, tiny_llama, tiny_llava  # noqa: F401
+from fixtures_tiny import make_images
 from rlaifv_fast.cli import build_parser, main
 from rlaifv_fast.pipeline.store import read_records
 
@@ -138,7 +138,7 @@ def test_bad_option_values_are_refused_naming_the_option(capsys):
     assert "unknown stage(s) ['trian']" in capsys.readouterr().err
 
 
-def test_one_loop_per_work_folder(tiny_llava, prompts_file, tmp_path, capsys):  # noqa: F811
+def test_one_loop_per_work_folder(tiny_llava, prompts_file, tmp_path, capsys):
     work = tmp_path / "work"
     work.mkdir()
     with open(work / ".lock", "a+") as held:
@@ -149,7 +149,7 @@ def test_one_loop_per_work_folder(tiny_llava, prompts_file, tmp_path, capsys):  
     assert not (work / "loop_state.json").exists()
 
 
-def test_isolated_and_in_process_write_the_same_records_and_weights(tiny_llava, prompts_file, tmp_path):  # noqa: F811
+def test_isolated_and_in_process_write_the_same_records_and_weights(tiny_llava, prompts_file, tmp_path):
     """In-process from a config file with a section per stage; isolated (every stage its own process) from flags."""
     config = tmp_path / "loop.yaml"
     config.write_text(
@@ -207,7 +207,7 @@ def _lines(path, n):
 
 @pytest.mark.vllm
 def test_isolated_loop_on_vllm_and_torchrun_resumes_exactly_after_a_kill_in_every_stage(
-        tiny_llama, tmp_path):  # noqa: F811
+        tiny_llama, tmp_path):
     pytest.importorskip("vllm")
     pytest.importorskip("psutil")
     prompts = tmp_path / "prompts.jsonl"
@@ -252,7 +252,7 @@ def test_isolated_loop_on_vllm_and_torchrun_resumes_exactly_after_a_kill_in_ever
     assert len(ids) == len(set(ids)) == 4 * 6
 
 
-def test_in_process_loop_resumes_after_kill_mid_training(tiny_llava, prompts_file, tmp_path):  # noqa: F811
+def test_in_process_loop_resumes_after_kill_mid_training(tiny_llava, prompts_file, tmp_path):
     work = tmp_path / "work"
     cmd = _loop_cmd(tiny_llava, prompts_file, work)
     env = dict(os.environ, PYTHONUNBUFFERED="1")

@@ -11,7 +11,7 @@ import time
 import pyarrow.parquet as pq
 import pytest
 
-from fixtures_tiny import make_images, tiny_llava  # noqa: F401
+from fixtures_tiny import make_images
 from rlaifv_fast.cli import main
 from rlaifv_fast.pipeline.store import read_records
 
@@ -32,7 +32,7 @@ def prompts_file(tmp_path_factory):
     return path
 
 
-def test_generate_feedback_pairs(tiny_llava, prompts_file, tmp_path, capsys):  # noqa: F811
+def test_generate_feedback_pairs(tiny_llava, prompts_file, tmp_path, capsys):
     cands, fb, out = tmp_path / "candidates.jsonl", tmp_path / "feedback.jsonl", tmp_path / "pairs"
     config = tmp_path / "config.yaml"
     config.write_text(f"prompts: {prompts_file}\nprogress: false\ngenerate:\n  n: 4\n  max_new_tokens: 12\n")
@@ -72,7 +72,7 @@ def _generate_cmd(model, prompts, out):
             "--out", str(out), "--n", "3", "--max-new-tokens", "24", "--batch-size", "1", "--no-progress"]
 
 
-def test_resume_after_sigkill_gives_exactly_the_uninterrupted_records(tiny_llava, prompts_file, tmp_path):  # noqa: F811
+def test_resume_after_sigkill_gives_exactly_the_uninterrupted_records(tiny_llava, prompts_file, tmp_path):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     full = tmp_path / "full.jsonl"
     subprocess.run(_generate_cmd(tiny_llava, prompts_file, full), check=True, cwd=tmp_path, env=env,
@@ -98,7 +98,7 @@ def test_resume_after_sigkill_gives_exactly_the_uninterrupted_records(tiny_llava
     assert killed.read_bytes() == full.read_bytes()
 
 
-def test_bad_prompt_rows(tiny_llava, tmp_path, capsys):  # noqa: F811
+def test_bad_prompt_rows(tiny_llava, tmp_path, capsys):
     make_images(1)[0].save(tmp_path / "ok.png")
     (tmp_path / "bad.png").write_bytes(b"not a png")
     prompts = tmp_path / "p.jsonl"
@@ -131,7 +131,7 @@ def test_help_documents_every_option(capsys):
         assert "--prompts" in text and "--skip-bad" in text
 
 
-def test_shards_merge_into_the_records_of_one_run(tiny_llava, prompts_file, tmp_path):  # noqa: F811
+def test_shards_merge_into_the_records_of_one_run(tiny_llava, prompts_file, tmp_path):
     common = ["--prompts", str(prompts_file), "--model", str(tiny_llava), "--n", "2", "--max-new-tokens", "8",
               "--no-progress"]
     main(["generate", *common, "--out", str(tmp_path / "all.jsonl")])
@@ -144,7 +144,7 @@ def test_shards_merge_into_the_records_of_one_run(tiny_llava, prompts_file, tmp_
     assert list(read_records(tmp_path / "merged.jsonl")) == sorted(single, key=lambda r: r["id"])
 
 
-def test_a_second_process_on_one_output_fails_at_once(tiny_llava, prompts_file, tmp_path, capsys):  # noqa: F811
+def test_a_second_process_on_one_output_fails_at_once(tiny_llava, prompts_file, tmp_path, capsys):
     from rlaifv_fast.pipeline.store import exclusive
 
     out = tmp_path / "c.jsonl"
@@ -155,7 +155,7 @@ def test_a_second_process_on_one_output_fails_at_once(tiny_llava, prompts_file, 
     assert not out.exists()
 
 
-def test_resuming_with_other_settings_is_refused_unless_overwrite(tiny_llava, prompts_file, tmp_path, capsys):  # noqa: F811
+def test_resuming_with_other_settings_is_refused_unless_overwrite(tiny_llava, prompts_file, tmp_path, capsys):
     out = tmp_path / "c.jsonl"
     common = ["generate", "--prompts", str(prompts_file), "--model", str(tiny_llava), "--out", str(out), "--n", "2",
               "--max-new-tokens", "4", "--no-progress"]

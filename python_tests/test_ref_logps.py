@@ -7,7 +7,7 @@ import json
 import pyarrow.parquet as pq
 import pytest
 import torch
-from fixtures_tiny import make_images, png_bytes, tiny_llava  # noqa: F401
+from fixtures_tiny import make_images, png_bytes
 
 from rlaifv_fast.cli import main
 from rlaifv_fast.pipeline.data import RLAIFV_COLUMNS, write_rlaifv_parquet
@@ -40,7 +40,7 @@ def pairs_file(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def engine(tiny_llava):  # noqa: F811
+def engine(tiny_llava):
     return HFEngine(tiny_llava)
 
 
@@ -70,7 +70,7 @@ def test_writes_the_columns_and_matches_scoring(engine, pairs_file, tmp_path):
         run_ref_logps(out, engine, tmp_path / "again.parquet", progress=False)
 
 
-def test_cli_reflogps(tiny_llava, pairs_file, tmp_path, capsys):  # noqa: F811
+def test_cli_reflogps(tiny_llava, pairs_file, tmp_path, capsys):
     path, _ = pairs_file
     out = tmp_path / "pairs.ref.parquet"
     config = tmp_path / "run.json"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from fixtures_tiny import images, make_images, tiny_llama, tiny_llava  # noqa: F401
+from fixtures_tiny import make_images
 
 from rlaifv_fast.engines.hf import HFEngine
 from rlaifv_fast.pipeline.scoring import (
@@ -26,7 +26,7 @@ RESPONSES = [
 
 
 @pytest.fixture(scope="module")
-def engine(tiny_llava):  # noqa: F811
+def engine(tiny_llava):
     return HFEngine(tiny_llava, batch_size=8)
 
 
@@ -102,7 +102,7 @@ def test_padding_and_batching_do_not_change_results(engine, triples):
         assert torch.allclose(alone.token_logps[0], batched.token_logps[i], atol=TOL)
 
 
-def test_text_only_model(tiny_llama):  # noqa: F811
+def test_text_only_model(tiny_llama):
     engine = HFEngine(tiny_llama)
     triples = [Triple(None, "Describe the image.", RESPONSES[0]), Triple(None, "Is it red?", RESPONSES[2])]
     out = response_logps(engine, triples, batch_size=2)

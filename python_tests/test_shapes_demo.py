@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-from fixtures_tiny import tiny_llava  # noqa: F401
 from rlaifv_fast.pipeline.divide import HOLISTIC_QUESTION, HolisticDivider, RuleDivider
 from rlaifv_fast.engines.base import YES_NO_SUFFIX, DecodingConfig
 from rlaifv_fast.shapes import ShapesWorldConfig, make_scene, mentioned_objects, render
@@ -126,7 +125,7 @@ def test_sft_trains_and_saves_a_pipeline_loadable_model(tmp_path):
     assert not list(tmp_path.glob(".labeler.*"))  # the temporary folder was renamed into place
 
 
-def test_mixed_decodings_split_candidates_and_keep_indices(tiny_llava, tmp_path):  # noqa: F811
+def test_mixed_decodings_split_candidates_and_keep_indices(tiny_llava, tmp_path):
     from rlaifv_fast.pipeline.data import Prompt
     from rlaifv_fast.engines.hf import HFEngine
     from rlaifv_fast.pipeline import generate

@@ -6,7 +6,6 @@ import hashlib
 
 import pytest
 import torch
-from fixtures_tiny import images, tiny_llama, tiny_llava  # noqa: F401
 
 from rlaifv_fast.testing import (
     TINY_CHAT_TEMPLATE,

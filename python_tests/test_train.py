@@ -10,7 +10,7 @@ import sys
 
 import pytest
 import torch
-from fixtures_tiny import make_images, png_bytes, tiny_llama, tiny_llava  # noqa: F401
+from fixtures_tiny import make_images, png_bytes
 from safetensors.torch import load_file
 
 from rlaifv_fast.cli import main
@@ -41,7 +41,7 @@ def _metrics(folder) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def pairs(tiny_llava, tmp_path_factory):  # noqa: F811
+def pairs(tiny_llava, tmp_path_factory):
     root = tmp_path_factory.mktemp("train")
     imgs = make_images(3)
     rows = [
@@ -55,7 +55,7 @@ def pairs(tiny_llava, tmp_path_factory):  # noqa: F811
     return root / "pairs.ref.parquet"
 
 
-def test_first_step_is_ln2_lm_trains_vision_frozen_checkpoints_load(tiny_llava, pairs, tmp_path):  # noqa: F811
+def test_first_step_is_ln2_lm_trains_vision_frozen_checkpoints_load(tiny_llava, pairs, tmp_path):
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     out = tmp_path / "run"
@@ -94,7 +94,7 @@ def test_first_step_is_ln2_lm_trains_vision_frozen_checkpoints_load(tiny_llava, 
     assert not torch.equal(loaded[name], AutoModelForImageTextToText.from_pretrained(tiny_llava).state_dict()[name])
 
 
-def test_loss_decreases(tiny_llava, pairs, tmp_path):  # noqa: F811
+def test_loss_decreases(tiny_llava, pairs, tmp_path):
     config = TrainConfig(lr=2e-3, warmup_ratio=0.0, max_steps=10, per_device_batch_size=4, sft_weight=0.0,
                          output_dir=str(tmp_path / "run"))
     losses = [m["loss"] for m in train_dpo(pairs, tiny_llava, config).metrics]
@@ -103,7 +103,7 @@ def test_loss_decreases(tiny_llava, pairs, tmp_path):  # noqa: F811
     assert sum(losses[-3:]) < sum(losses[:3])
 
 
-def test_truncation_scores_the_same_tokens_as_the_reference(tiny_llava, pairs, tmp_path):  # noqa: F811
+def test_truncation_scores_the_same_tokens_as_the_reference(tiny_llava, pairs, tmp_path):
     engine = HFEngine(tiny_llava)
     prompt_len = len(engine._encode_group([engine.render("What is in the image?", image=True)],
                                           make_images(1)[0])[0][0])
@@ -115,7 +115,7 @@ def test_truncation_scores_the_same_tokens_as_the_reference(tiny_llava, pairs, t
     assert result.metrics[0]["loss"] == pytest.approx((1 / (2 * 0.1)) ** 2, abs=1e-3)
 
 
-def test_resume_after_interruption_matches_an_uninterrupted_run(tiny_llava, pairs, tmp_path):  # noqa: F811
+def test_resume_after_interruption_matches_an_uninterrupted_run(tiny_llava, pairs, tmp_path):
     base = dict(lr=1e-3, max_steps=6, per_device_batch_size=2, save_every=3, seed=3)
 
     class Stop(Exception):
@@ -141,7 +141,7 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(tiny_llava, pair
     assert [m["step"] for m in _metrics(tmp_path / "killed")] == [1, 2, 3, 4, 5, 6]
 
 
-def test_lora_trains_adapters_and_saves_a_merged_model(tiny_llava, pairs, tmp_path):  # noqa: F811
+def test_lora_trains_adapters_and_saves_a_merged_model(tiny_llava, pairs, tmp_path):
     pytest.importorskip("peft")
     config = TrainConfig(lora=LoRAConfig(r=4, alpha=8), lr=1e-2, warmup_ratio=0.0, max_steps=2,
                          per_device_batch_size=4, save_every=1, output_dir=str(tmp_path / "run"))
@@ -158,13 +158,13 @@ def test_lora_trains_adapters_and_saves_a_merged_model(tiny_llava, pairs, tmp_pa
     assert changed and all("language_model" in k and "_proj" in k for k in changed)
 
 
-def test_lora_without_peft_is_a_clear_error(tiny_llava, pairs, tmp_path, monkeypatch):  # noqa: F811
+def test_lora_without_peft_is_a_clear_error(tiny_llava, pairs, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "peft", None)
     with pytest.raises(ImportError, match="pip install peft"):
         train_dpo(pairs, tiny_llava, TrainConfig(lora=LoRAConfig(), output_dir=str(tmp_path / "run")))
 
 
-def test_bad_config_and_missing_reference_columns(tiny_llava, tmp_path):  # noqa: F811
+def test_bad_config_and_missing_reference_columns(tiny_llava, tmp_path):
     with pytest.raises(ValueError, match="per_device_batch_size"):
         TrainConfig(per_device_batch_size=0)
     with pytest.raises(ValueError):
@@ -178,7 +178,7 @@ def test_bad_config_and_missing_reference_columns(tiny_llava, tmp_path):  # noqa
         train_dpo(tmp_path / "p.parquet", tiny_llava, TrainConfig(output_dir=str(tmp_path / "run")))
 
 
-def test_two_process_ddp_matches_one_process(tiny_llava, pairs, tmp_path):  # noqa: F811
+def test_two_process_ddp_matches_one_process(tiny_llava, pairs, tmp_path):
     """2 processes x 2 pairs (DDP, gloo on CPU) == 1 process x 4 pairs. On one machine without MPI, accelerate
     launch --cpu starts a single process, so torchrun starts the two and the Accelerator joins them (MULTI_CPU)."""
     common = ["--pairs", str(pairs), "--model", str(tiny_llava), "--lr", "1e-3", "--warmup-ratio", "0",
@@ -209,7 +209,7 @@ def test_cli_help(capsys):
         assert flag in text, flag
 
 
-def test_gradient_checkpointing_and_bf16(tiny_llava, pairs, tmp_path):  # noqa: F811
+def test_gradient_checkpointing_and_bf16(tiny_llava, pairs, tmp_path):
     base = dict(lr=1e-3, warmup_ratio=0.0, max_steps=2, per_device_batch_size=4)
     plain = train_dpo(pairs, tiny_llava, TrainConfig(**base, output_dir=str(tmp_path / "plain")))
     ckpt = train_dpo(pairs, tiny_llava, TrainConfig(**base, gradient_checkpointing=True,
@@ -221,7 +221,7 @@ def test_gradient_checkpointing_and_bf16(tiny_llava, pairs, tmp_path):  # noqa: 
     assert _load(bf16.final_dir)[next(iter(_load(tiny_llava)))].dtype == torch.float32  # master weights
 
 
-def test_text_only_causal_lm(tiny_llama, tmp_path):  # noqa: F811
+def test_text_only_causal_lm(tiny_llama, tmp_path):
     rows = [{"ds_name": "t", "image": {"bytes": None, "path": None}, "question": q, "chosen": c, "rejected": r,
              "origin_dataset": "t", "origin_split": "{}", "idx": f"p{i}", "image_path": ""}
             for i, (q, c, r) in enumerate(PAIRS[:4])]
@@ -234,7 +234,7 @@ def test_text_only_causal_lm(tiny_llama, tmp_path):  # noqa: F811
     assert result.metrics[1]["loss"] != pytest.approx(math.log(2), abs=1e-5)
 
 
-def test_lm_head_chunked_path_equals_the_logits_path(tiny_llava, tmp_path):  # noqa: F811
+def test_lm_head_chunked_path_equals_the_logits_path(tiny_llava, tmp_path):
     """The chunked LM-head path (no full logits) trains exactly like the logits path."""
     import torch
     from rlaifv_fast.ops import sequence_logps

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from fixtures_tiny import make_images, tiny_llava  # noqa: F401
+from fixtures_tiny import make_images
 from rlaifv_fast.cli import main
 from rlaifv_fast.pipeline.store import read_records
 
@@ -26,7 +26,7 @@ def pope_dir(tmp_path_factory):
     return root
 
 
-def test_pope_end_to_end_resume_and_shards(tiny_llava, pope_dir, tmp_path, capsys):  # noqa: F811
+def test_pope_end_to_end_resume_and_shards(tiny_llava, pope_dir, tmp_path, capsys):
     common = ["eval", "--benchmark", "pope", "--model", str(tiny_llava), "--data", str(pope_dir),
               "--max-new-tokens", "6", "--batch-size", "4", "--no-progress"]
     assert main([*common, "--out", str(tmp_path / "all")]) == 0
@@ -66,7 +66,7 @@ def test_pope_end_to_end_resume_and_shards(tiny_llava, pope_dir, tmp_path, capsy
     assert again["scored"] == 6 and again["rows"].keys() == report["rows"].keys()
 
 
-def test_missing_benchmark_files_are_one_clear_line(tiny_llava, tmp_path, capsys):  # noqa: F811
+def test_missing_benchmark_files_are_one_clear_line(tiny_llava, tmp_path, capsys):
     assert main(["eval", "--benchmark", "pope", "--model", str(tiny_llava), "--data", str(tmp_path / "nope.json"),
                  "--out", str(tmp_path / "o")]) == 2
     assert "POPE question file not found" in capsys.readouterr().err
@@ -74,7 +74,7 @@ def test_missing_benchmark_files_are_one_clear_line(tiny_llava, tmp_path, capsys
     assert "eval: missing --data" in capsys.readouterr().err
 
 
-def test_loop_evaluates_every_iteration_and_selects_the_best(tiny_llava, pope_dir, tmp_path):  # noqa: F811
+def test_loop_evaluates_every_iteration_and_selects_the_best(tiny_llava, pope_dir, tmp_path):
     prompts = tmp_path / "prompts.jsonl"
     for i, image in enumerate(make_images(4, seed=5)):
         image.save(tmp_path / f"{i}.png")

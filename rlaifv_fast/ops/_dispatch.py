@@ -31,7 +31,23 @@ class Backend(enum.Enum):
 _warned: set[str] = set()
 
 
+_forced: list[Backend] = []
+
+
+@contextlib.contextmanager
+def force_backend(backend: Backend | str):
+    """Within the block, every op of the logits-level family runs on `backend` (e.g. "reference", the pure-PyTorch
+    oracle path), whatever the device: for tests and for comparing the paths."""
+    _forced.append(Backend(backend))
+    try:
+        yield
+    finally:
+        _forced.pop()
+
+
 def backend_for(device: torch.device) -> Backend:
+    if _forced:
+        return _forced[-1]
     if device.type == "cpu":
         _native.native()  # a clear error when the package was not built
         return Backend.CPU
