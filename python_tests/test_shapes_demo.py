@@ -173,9 +173,11 @@ def test_demo_end_to_end_on_the_shipped_checkpoints_is_reproducible(tmp_path):
     for row in report["rows"][:3]:
         for mode in ("greedy", "sampled"):
             assert set(row[mode]) >= {"response_level", "object_level", "recall", "mean_length_words"}
-    assert 0.0 <= report["labeler_qa"]["accuracy"] <= 1.0
+    # the demo's own checks that do not need the full run: the shipped labeler is competent and agrees with the truth
+    checks = report["checks"]
+    assert checks["labeler_competent (QA accuracy >= 0.75)"] is True and report["labeler_qa"]["accuracy"] >= 0.9
     agreement = report["rows"][1]["labeler_agreement"]
-    assert agreement["claims"] > 0 and 0.0 <= agreement["agreement"] <= 1.0
+    assert agreement["claims"] > 0 and agreement["agreement"] >= 0.9
     # the holistic ablation asked one question per answer
     from rlaifv_fast.pipeline.store import read_records
 

@@ -58,3 +58,27 @@ def test_atomic_path_leaves_old_file_on_failure(tmp_path):
             raise RuntimeError("crash")
     assert json.loads(path.read_text()) == {"a": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
+
+
+def test_a_batch_cut_by_a_full_disk_is_removed_whole(tmp_path, monkeypatch):
+    import errno
+
+    from rlaifv_fast.pipeline import store as store_module
+
+    path = tmp_path / "r.jsonl"
+    s = RecordStore(path)
+    s.append([{"id": "a"}, {"id": "b"}])
+    before = path.read_bytes()
+    real_write = os.write
+
+    def full_disk(fd, data):
+        real_write(fd, bytes(data[: len(data) // 2]))  # half the batch reaches the disk, then ENOSPC
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(store_module.os, "write", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        s.append([{"id": "c", "text": "x" * 100}, {"id": "d"}])
+    monkeypatch.undo()
+    assert path.read_bytes() == before and "c" not in s  # nothing of the failed batch is left
+    assert s.append([{"id": "c", "text": "x" * 100}, {"id": "d"}]) == 2
+    assert [r["id"] for r in RecordStore(path).records()] == ["a", "b", "c", "d"]

@@ -1,4 +1,4 @@
-"""Deterministic per-candidate seeds (method.md, stage 1, FIX: the reference code never seeds torch).
+"""Deterministic per-candidate seeds (deconfounded sampling; FIX: the reference code never seeds torch).
 
 A candidate's seed depends only on (run seed, request id, candidate index), so any candidate can be reproduced alone,
 in any batch, on any machine, and sharded runs merge exactly.

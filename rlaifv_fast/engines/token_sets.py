@@ -1,4 +1,4 @@
-"""Yes/no token sets resolved from words for the tokenizer at hand (method.md, stage 3).
+"""Yes/no token sets resolved from words for the tokenizer at hand (the conquer step: the labeler's yes-set and no-set).
 
 For each word the set holds the id the word has as the FIRST generated token after the prompt: the last token id of its
 encoding (the reference code's rule), in the labeler's prompt context when one is given; plus the leading-space variant

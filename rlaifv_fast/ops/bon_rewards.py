@@ -1,4 +1,4 @@
-"""Op 2: the self-feedback Best-of-N reward (RLAIF-V, section "inference-time scaling"), forward only.
+"""bon_rewards: the self-feedback Best-of-N reward (RLAIF-V, section "inference-time scaling"), forward only.
 
     r[i] = beta / n[i] * sum_t (log pi(y_t) - log pi_ref(y_t))      (beta * sum without length normalisation)
 

@@ -1,7 +1,7 @@
-"""The chunked backend of op 4 (lm_head-fused log-probs) for CPU tensors (and any device without the Triton kernels).
+"""The chunked backend of the lm_head-fused log-probs (linear_logps.py) for CPU tensors (and any device without the Triton kernels).
 
 The valid tokens are cut into blocks of rows and the vocabulary into slices; one matmul writes the logits of a
-(rows, slice) block into a reused buffer of at most CHUNK_BYTES, and the op-1 kernels of the dispatch point process
+(rows, slice) block into a reused buffer of at most CHUNK_BYTES, and the sequence_logps kernels of the dispatch point process
 that buffer:
   forward   the native forward kernel gives each row's lse over the slice (labels pointed at column 0, so every row
             counts); slices merge by logaddexp. The label logit is an indexed dot h[n] . W[y[n]] (+ b[y[n]]).
@@ -183,7 +183,7 @@ def token_logps_backward(grad, hidden, weight, bias, labels, lse, ignore_index: 
             local = torch.where(inside, y - v0, 0)
             outside = (~inside).nonzero().squeeze(1)
             z0 = z[outside, 0]  # the logits the kernel will take for labels: kept to rewrite that column exactly
-            # dz = c (onehot - softmax) / tau, written over the logits by the op-1 kernel (full-row lse)
+            # dz = c (onehot - softmax) / tau, written over the logits by the sequence_logps kernel (full-row lse)
             _dispatch.token_logps_backward(c, z.unsqueeze(0), local.unsqueeze(0), l, _NATIVE_IGNORE, False,
                                            temperature, z.unsqueeze(0))
             # rows whose label lies in another slice: no one-hot here (recomputed, not subtracted, so a tiny

@@ -1,4 +1,4 @@
-"""Op 1: per-sequence label log-probs with a fused backward: the heart of DPO, reference log-probs and the SFT term.
+"""sequence_logps: per-sequence label log-probs with a fused backward: the heart of DPO, reference log-probs and the SFT term.
 
     l[b,t] = x[b,t,y]/tau - logsumexp_v x[b,t,v]/tau   where y[b,t] != ignore_index, else 0
     S[b]   = sum_t l[b,t]      n[b] = #{t : y[b,t] != ignore_index}      mean[b] = S[b] / max(n[b], 1)

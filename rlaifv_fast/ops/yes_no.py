@@ -1,4 +1,4 @@
-"""Op 3: batched yes/no probabilities for claim checking (RLAIF-V's "conquer" step), forward only.
+"""yes_no_logprobs: batched yes/no probabilities for claim checking (RLAIF-V's "conquer" step), forward only.
 
     log P_yes[b] = logsumexp_{v in YES} z[b,v] - logsumexp_v z[b,v]      (the same for NO)
 

@@ -1,4 +1,4 @@
-"""Self-feedback Best-of-N (the method's stage 9): at inference, the DPO-aligned policy samples N candidates per prompt
+"""Self-feedback Best-of-N: at inference, the DPO-aligned policy samples N candidates per prompt
 and answers with the one of highest implicit reward
 
     r(y) = beta / T * sum_t [log pi_theta(y_t) - log pi_ref(y_t)]        T = response tokens (+EOS)

@@ -1,4 +1,4 @@
-"""Feedback (the method's stages 2-4): divide each candidate into claims and polar questions, ask the labeler each
+"""Feedback: divide each candidate into claims and polar questions, ask the labeler each
 question about the image (full-vocabulary P(yes-set) vs P(no-set) at the first generated position; accepted iff
 strictly more likely), and score the answer -(number of rejected claims). An answer with no claims is flagged.
 

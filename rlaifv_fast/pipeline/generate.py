@@ -1,4 +1,4 @@
-"""Generate (the method's stage 1): deconfounded candidate sampling. n candidates per (image, instruction) with ONE
+"""Generate: deconfounded candidate sampling. n candidates per (image, instruction) with ONE
 decoding setting; they differ only by their seed, derived from (run seed, prompt id, candidate index), so every
 candidate is reproducible alone, in any batch, on either engine's own sampler.
 

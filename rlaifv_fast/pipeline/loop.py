@@ -1,4 +1,4 @@
-"""K iterations of RLAIF-V in one command (the method's stage 8): each iteration regenerates candidates with the
+"""K iterations of RLAIF-V in one command: each iteration regenerates candidates with the
 newest policy, labels them, builds pairs, scores them with the frozen reference (= the policy at the start of the
 iteration) and trains with DPO; the trained model is the next iteration's policy.
 

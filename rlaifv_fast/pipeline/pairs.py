@@ -1,4 +1,4 @@
-"""Pairs (the method's stage 5): preference pairs from scored candidates.
+"""Pairs: preference pairs from scored candidates.
 
 1. Candidates flagged with zero claims are excluded (counted): a score of 0 from no claims says nothing.
 2. Group by prompt id (one image + instruction). Every 2-combination whose scores differ by >= min_score_gap is a
@@ -168,7 +168,7 @@ def _means(pairs: Sequence[PreferencePair]) -> tuple[float, float]:
 def make_pairs(
     candidates: Sequence[ScoredCandidate], config: PairConfig = PairConfig()
 ) -> tuple[list[PreferencePair], PairReport]:
-    """Preference pairs from scored candidates, exactly as method.md stage 5 (see the module docstring)."""
+    """Preference pairs from scored candidates, by the rules of the module docstring."""
     _check(candidates)
     groups: dict[str, list[ScoredCandidate]] = defaultdict(list)
     excluded = 0

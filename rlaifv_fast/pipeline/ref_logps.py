@@ -1,4 +1,4 @@
-"""Reference log-probs (the method's stage 6): before DPO, the frozen reference (the policy at the start of the
+"""Reference log-probs: before DPO, the frozen reference (the policy at the start of the
 iteration) scores every pair's chosen and rejected answer once; the sums, means and per-token log-probs are cached
 beside each pair, so training never runs the reference model.
 

@@ -1,5 +1,5 @@
 """Scoring responses under a transformers model: log pi(response | image, question), the quantity behind the
-reference log-probs (method.md stage 6), DPO (stage 7) and the Best-of-N self-reward (stage 9).
+reference log-probs, DPO and the Best-of-N self-reward.
 
 One sequence per (image, question, response) triple:
 

@@ -109,10 +109,21 @@ class RecordStore:
             lines.append(json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n")
         if not lines:
             return 0
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write("".join(lines))
-            f.flush()
-            os.fsync(f.fileno())
+        data = memoryview("".join(lines).encode("utf-8"))
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            start = os.fstat(fd).st_size
+            try:
+                while data:
+                    data = data[os.write(fd, data):]
+                os.fsync(fd)
+            except BaseException:
+                # all or nothing: a batch cut short (a full disk, an interrupt) is removed whole, so the resumed run
+                # redoes that batch with the same composition as an uninterrupted run, and writes the same records
+                os.ftruncate(fd, start)
+                raise
+        finally:
+            os.close(fd)
         self._ids |= batch_ids
         return len(lines)
 

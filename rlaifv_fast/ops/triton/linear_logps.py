@@ -1,4 +1,4 @@
-"""Triton kernels of op 4 (lm_head-fused log-probs): label log-probs and lse straight from hidden states h (N, H) and
+"""Triton kernels of the lm_head-fused log-probs: label log-probs and lse straight from hidden states h (N, H) and
 the lm_head weight W (V, H) (+ bias), never holding the (N, V) logits.
 
     z[n, v] = (h[n] . W[v] + b[v]) / tau        lse[n] = log sum_v exp z[n, v]        l[n] = z[n, y[n]] - lse[n]

@@ -1,4 +1,4 @@
-"""Divide (the method's stage 2): an answer -> atomic, self-contained factual claims -> one polar question per claim.
+"""Divide: an answer -> atomic, self-contained factual claims -> one polar question per claim.
 
 base.py holds the result type (`Division`) and the protocol (`Divider`); rule.py, llm.py and holistic.py the three
 dividers. `make_divider` picks one from a `DividerKind`.

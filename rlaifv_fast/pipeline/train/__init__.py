@@ -1,4 +1,4 @@
-"""Train (the method's stage 7): DPO on the reference-annotated pairs, the stage contract around trainer.train_dpo.
+"""Train: DPO on the reference-annotated pairs, the stage contract around trainer.train_dpo.
 
 One process, or many under `accelerate launch` / `torchrun` (DDP, FSDP, DeepSpeed through accelerate's config); the
 loop launches it with the `train` launcher of its config. An input with no pairs trains nothing: the report says so

@@ -1,4 +1,4 @@
-"""The options of DPO training (the method's stage 7 defaults), declared once for train_dpo, the `train` command and
+"""The options of DPO training (the paper's defaults), declared once for train_dpo, the `train` command and
 the loop's `train` section."""
 
 from __future__ import annotations

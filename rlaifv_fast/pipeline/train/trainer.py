@@ -1,4 +1,4 @@
-"""DPO training (the method's stage 7) of a transformers VLM (or text-only causal LM) on the reference-annotated pairs.
+"""DPO training of a transformers VLM (or text-only causal LM) on the reference-annotated pairs.
 
 Input: the parquet `rlaifv-fast reflogps` writes (image, question, chosen, rejected + ref_chosen_logp,
 ref_rejected_logp, their *_mean, per-token lists). The reference model is never loaded: its log-probs come from the
@@ -186,7 +186,7 @@ def _policy_logps(model, batch, *, ipo: bool, path: str = "logits") -> torch.Ten
     """Per-sequence log-probs of the [chosen; rejected] batch: one forward, logits from the shortest prompt on.
 
     path "logits": the model's logits (B, T', V) then sequence_logps. path "lm_head_chunked": the model returns its
-    last hidden states (and one position of logits), and linear_sequence_logps (op 4) applies the LM head fused with
+    last hidden states (and one position of logits), and linear_sequence_logps applies the LM head fused with
     the log-probs, so the (B, T', V) logits never exist, in the forward or the backward (which recomputes them in
     bounded tiles)."""
     T = batch.labels.shape[1]
