@@ -76,6 +76,24 @@ def _read_error(err: torch.Tensor) -> int | None:
     return None if bad == _native.NO_ERROR else bad
 
 
+def _launch(kernel: str, device: torch.device, backend: Backend, *args, reports_errors: bool = True) -> int | None:
+    """The one launcher of the native kernels: `cpu_<kernel>(*args)` (which returns the first invalid flat position,
+    or NO_ERROR), or `cuda_<kernel>(*args[, error slot], stream)` on the tensors' device and current stream (the
+    kernel writes the position into the error slot; it is read back after the launch). Returns that position or
+    None."""
+    C = _native.native()
+    if backend is Backend.CPU:
+        bad = getattr(C, f"cpu_{kernel}")(*args)
+        return None if not reports_errors or bad is None or bad == _native.NO_ERROR else bad
+    with torch.cuda.device(device):  # kernels launch on the current device
+        if not reports_errors:
+            getattr(C, f"cuda_{kernel}")(*args, _native.cuda_stream(device))
+            return None
+        err = _error_slot(device)
+        getattr(C, f"cuda_{kernel}")(*args, err.data_ptr(), _native.cuda_stream(device))
+    return _read_error(err)
+
+
 def _shifted(logits: torch.Tensor, labels: torch.Tensor, shift: bool) -> tuple[torch.Tensor, torch.Tensor]:
     # views, never copies: row t of the logits predicts label t + 1
     return (logits[:, :-1], labels[:, 1:]) if shift else (logits, labels)
@@ -106,17 +124,9 @@ def token_logps(
     out_lse = torch.empty_like(out_logp)
     if out_logp.numel() == 0:
         return out_logp, out_lse, None
-    C = _native.native()
-    args = (_native.rows_view(x), _native.index_view(y), ignore_index, 1.0 / temperature)
-    if backend is Backend.CPU:
-        bad = C.cpu_token_logps_forward(*args, out_logp.data_ptr(), out_lse.data_ptr())
-        return out_logp, out_lse, bad
-    err = _error_slot(x.device)
-    with torch.cuda.device(x.device):  # kernels launch on the current device
-        C.cuda_token_logps_forward(
-            *args, out_logp.data_ptr(), out_lse.data_ptr(), err.data_ptr(), _native.cuda_stream(x.device)
-        )
-    return out_logp, out_lse, _read_error(err)
+    bad = _launch("token_logps_forward", x.device, backend, _native.rows_view(x), _native.index_view(y), ignore_index,
+                  1.0 / temperature, out_logp.data_ptr(), out_lse.data_ptr())
+    return out_logp, out_lse, bad
 
 
 _HUGE_PAGE_MIN_BYTES = 8 << 20
@@ -156,21 +166,9 @@ def token_logps_backward(
     if backend is Backend.REFERENCE:
         dx.copy_(reference.token_logps_grad_reference(coef, x, y, ignore_index=ignore_index, temperature=temperature))
         return
-    C = _native.native()
-    args = (
-        _native.rows_view(x),
-        _native.index_view(y),
-        ignore_index,
-        1.0 / temperature,
-        coef.data_ptr(),
-        lse.contiguous().data_ptr(),
-        _native.mut_rows_view(dx),
-    )
-    if backend is Backend.CPU:
-        C.cpu_token_logps_backward(*args)
-    else:
-        with torch.cuda.device(x.device):
-            C.cuda_token_logps_backward(*args, _native.cuda_stream(x.device))
+    _launch("token_logps_backward", x.device, backend, _native.rows_view(x), _native.index_view(y), ignore_index,
+            1.0 / temperature, coef.data_ptr(), lse.contiguous().data_ptr(), _native.mut_rows_view(dx),
+            reports_errors=False)
 
 
 def bon_token_rewards(
@@ -204,22 +202,10 @@ def bon_token_rewards(
     if ref_logps is not None:
         ref_logps = ref_logps.to(out.dtype).contiguous()
         ref_tok_ptr = ref_logps.data_ptr()
-    C = _native.native()
-    args = (
-        _native.rows_view(x),
-        _native.rows_view(xr) if xr is not None else None,
-        ref_tok_ptr,
-        _native.index_view(y),
-        ignore_index,
-        1.0 / temperature,
-        out.data_ptr(),
-    )
-    if backend is Backend.CPU:
-        return out, C.cpu_bon_token_rewards(*args)
-    err = _error_slot(x.device)
-    with torch.cuda.device(x.device):
-        C.cuda_bon_token_rewards(*args, err.data_ptr(), _native.cuda_stream(x.device))
-    return out, _read_error(err)
+    bad = _launch("bon_token_rewards", x.device, backend, _native.rows_view(x),
+                  _native.rows_view(xr) if xr is not None else None, ref_tok_ptr, _native.index_view(y), ignore_index,
+                  1.0 / temperature, out.data_ptr())
+    return out, bad
 
 
 def yes_no(
@@ -241,23 +227,10 @@ def yes_no(
     out_no = torch.empty_like(out_yes)
     if B == 0:
         return out_yes, out_no, None
-    C = _native.native()
-    args = (
-        _native.rows_view(logits),
-        _native.index_view(positions) if positions is not None else None,
-        yes_ids.data_ptr(),
-        yes_ids.numel(),
-        no_ids.data_ptr(),
-        no_ids.numel(),
-        out_yes.data_ptr(),
-        out_no.data_ptr(),
-    )
-    if backend is Backend.CPU:
-        return out_yes, out_no, C.cpu_yes_no_logprobs(*args)
-    err = _error_slot(logits.device)
-    with torch.cuda.device(logits.device):
-        C.cuda_yes_no_logprobs(*args, err.data_ptr(), _native.cuda_stream(logits.device))
-    return out_yes, out_no, _read_error(err)
+    bad = _launch("yes_no_logprobs", logits.device, backend, _native.rows_view(logits),
+                  _native.index_view(positions) if positions is not None else None, yes_ids.data_ptr(),
+                  yes_ids.numel(), no_ids.data_ptr(), no_ids.numel(), out_yes.data_ptr(), out_no.data_ptr())
+    return out_yes, out_no, bad
 
 
 # ---------------------------------------------------------------------------------------------------------------------
