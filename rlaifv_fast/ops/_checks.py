@@ -4,7 +4,9 @@ what it got and what is required. Value checks on labels and positions happen in
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 from .._native import FLOAT_CODES, INDEX_CODES
@@ -55,6 +57,16 @@ def check_same_device(name: str, t: torch.Tensor, device: torch.device) -> None:
         raise ValueError(f"{_describe(name, t)}: must be on the logits' device {device}")
 
 
+def check_token_logps(name: str, t: torch.Tensor, shape: tuple[int, int], shift: bool, device: torch.device) -> None:
+    """Cached per-token log-probs on the label grid: a float tensor of `shape` on `device`."""
+    if tuple(t.shape) != tuple(shape) or not t.is_floating_point():
+        raise ValueError(
+            f"{name} (shape {tuple(t.shape)}, dtype {t.dtype}) must be a float tensor of shape {tuple(shape)} (the "
+            f"label grid{', shifted' if shift else ''})"
+        )
+    check_same_device(name, t, device)
+
+
 def check_temperature(temperature: float) -> float:
     if not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature <= 0:
         raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
@@ -68,3 +80,34 @@ def invalid_label_error(labels: torch.Tensor, flat: int, T: int, *, shift: bool,
     return ValueError(
         f"labels[{b}, {t_label}] = {value} is outside [0, {V}) and is not ignore_index ({ignore_index})"
     )
+
+
+def _token_set(name: str, ids: Sequence[int] | torch.Tensor, V: int) -> list[int]:
+    if isinstance(ids, torch.Tensor):
+        if ids.dtype not in (torch.int32, torch.int64) or ids.dim() != 1:
+            raise TypeError(f"{name} must be a 1-D int32/int64 tensor or a sequence of ints, got {ids.dtype} {ids.dim()}-D")
+        values = ids.tolist()
+    else:
+        # a float or a string is not a token id: int() would truncate 3.7 or parse "5" silently
+        bad = [i for i in ids if isinstance(i, bool) or not isinstance(i, (int, np.integer))]
+        if bad:
+            raise TypeError(f"{name} must hold integer token ids, got {bad[0]!r} ({type(bad[0]).__name__})")
+        values = [int(i) for i in ids]
+    values = sorted(set(values))
+    if not values:
+        raise ValueError(f"{name} is empty: the token set needs at least one token id")
+    wrong = [i for i in values if not 0 <= i < V]
+    if wrong:
+        raise ValueError(f"{name} holds token id {wrong[0]}, outside the vocabulary [0, {V})")
+    return values
+
+
+def check_token_sets(yes_ids, no_ids, V: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The yes and no token sets as int64 tensors on `device`: integer ids inside [0, V), each set non-empty,
+    duplicates dropped, the sets disjoint."""
+    yes = _token_set("yes_ids", yes_ids, V)
+    no = _token_set("no_ids", no_ids, V)
+    both = set(yes) & set(no)
+    if both:
+        raise ValueError(f"token id {min(both)} is in both yes_ids and no_ids")
+    return (torch.tensor(yes, dtype=torch.int64, device=device), torch.tensor(no, dtype=torch.int64, device=device))

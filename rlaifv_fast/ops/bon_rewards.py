@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 import torch
 
-from . import _checks, _dispatch
+from . import _checks, _dispatch, _grid
 
 
 @torch.library.custom_op("rlaifv_fast::bon_token_rewards", mutates_args=())
@@ -44,8 +44,7 @@ def bon_token_rewards(
 @bon_token_rewards.register_fake
 def _(policy_logits, ref_logits, ref_logps, labels, ignore_index, shift, temperature):
     B, T, _ = policy_logits.shape
-    T_out = max(T - 1, 0) if shift else T
-    return policy_logits.new_empty((B, T_out), dtype=_dispatch.acc_dtype(policy_logits.dtype))
+    return policy_logits.new_empty((B, _grid.grid_length(T, shift)), dtype=_dispatch.acc_dtype(policy_logits.dtype))
 
 
 class BoNRewards(NamedTuple):
@@ -135,13 +134,8 @@ def bon_rewards(
             )
         _checks.check_same_device("ref", ref, policy_logits.device)
     elif ref.dim() == 2:
-        T_out = max(T - 1, 0) if shift else T
-        if tuple(ref.shape) != (N, T_out) or not ref.is_floating_point():
-            raise ValueError(
-                f"ref per-token log-probs (shape {tuple(ref.shape)}, dtype {ref.dtype}) must be a float tensor of "
-                f"shape {(N, T_out)} (the label grid{', shifted' if shift else ''})"
-            )
-        _checks.check_same_device("ref", ref, policy_logits.device)
+        _checks.check_token_logps("ref per-token log-probs", ref, (N, _grid.grid_length(T, shift)), shift,
+                                  policy_logits.device)
         ref_logps = ref
     else:
         raise ValueError(
@@ -152,9 +146,7 @@ def bon_rewards(
         diff = torch.ops.rlaifv_fast.bon_token_rewards(
             policy_logits, ref_logits, ref_logps, labels, int(ignore_index), bool(shift), temperature
         )
-        label_grid = labels[:, 1:] if shift else labels
-        counts = (label_grid != ignore_index).sum(-1)
-        total = diff.sum(-1)
-        rewards = beta * total / counts.clamp(min=1) if length_normalize else beta * total
+        counts = _grid.scored(labels, shift, ignore_index).sum(-1)
+        rewards = beta * _grid.per_sequence(diff.sum(-1), counts, length_normalize)
         best = best_per_group(rewards, sizes)
     return BoNRewards(rewards, counts, best)

@@ -20,10 +20,10 @@ from collections.abc import Sequence
 
 import torch
 
-from . import _checks, _dispatch
+from . import _checks, _dispatch, _grid
 from .bon_rewards import BoNRewards, best_per_group, group_sizes
 from .sequence_logps import SequenceLogps
-from .yes_no import YesNo, _token_set
+from .yes_no import YesNo
 
 
 @torch.library.custom_op("rlaifv_fast::linear_token_logps", mutates_args=())
@@ -47,8 +47,7 @@ def linear_token_logps(
 @linear_token_logps.register_fake
 def _(hidden, weight, bias, labels, ignore_index, shift, temperature):
     B, T, _ = hidden.shape
-    T_out = max(T - 1, 0) if shift else T
-    out = hidden.new_empty((B, T_out), dtype=_dispatch.acc_dtype(hidden.dtype))
+    out = hidden.new_empty((B, _grid.grid_length(T, shift)), dtype=_dispatch.acc_dtype(hidden.dtype))
     return out, torch.empty_like(out)
 
 
@@ -217,10 +216,8 @@ def linear_sequence_logps(
     h3, y = _as_grid("hidden", hidden, labels, shift)
     temperature = _checks.check_temperature(temperature)
     tok, _ = torch.ops.rlaifv_fast.linear_token_logps(h3, weight, bias, y, int(ignore_index), bool(shift), temperature)
-    label_grid = y[:, 1:] if shift else y
-    counts = (label_grid != ignore_index).sum(-1)
-    sums = tok.sum(-1)
-    logps = sums / counts.clamp(min=1) if average else sums
+    counts = _grid.scored(y, shift, ignore_index).sum(-1)
+    logps = _grid.per_sequence(tok.sum(-1), counts, average)
     per_token = (tok.squeeze(1) if flat else tok) if return_per_token else None
     return SequenceLogps(logps, counts, per_token)
 
@@ -246,13 +243,7 @@ def linear_yes_no_logprobs(
     hidden = _check_hidden("hidden", hidden, ranks=(2,))
     weight, bias = _check_head(hidden, weight, bias)
     V = weight.shape[0]
-    yes = _token_set("yes_ids", yes_ids, V)
-    no = _token_set("no_ids", no_ids, V)
-    both = set(yes) & set(no)
-    if both:
-        raise ValueError(f"token id {min(both)} is in both yes_ids and no_ids")
-    yes_t = torch.tensor(yes, dtype=torch.int64, device=hidden.device)
-    no_t = torch.tensor(no, dtype=torch.int64, device=hidden.device)
+    yes_t, no_t = _checks.check_token_sets(yes_ids, no_ids, V, hidden.device)
     with torch.no_grad():
         ly, ln = torch.ops.rlaifv_fast.linear_yes_no_logprobs(hidden, weight, bias, yes_t, no_t)
     return YesNo(ly, ln, ly > ln)
@@ -296,7 +287,7 @@ def linear_bon_rewards(
     temperature = _checks.check_temperature(temperature)
     if (ref_hidden is None) == (ref_logps is None):
         raise ValueError("give exactly one of ref_hidden (with ref_weight) and ref_logps")
-    T_out = max(T - 1, 0) if shift else T
+    T_out = _grid.grid_length(T, shift)
     if ref_hidden is not None:
         ref_hidden = _check_hidden("ref_hidden", ref_hidden, ranks=(3,))
         if tuple(ref_hidden.shape[:2]) != (N, T):
@@ -313,12 +304,7 @@ def linear_bon_rewards(
         _checks.check_same_device("ref_hidden", ref_hidden, policy_hidden.device)
     else:
         ref_logps = _checks.check_tensor("ref_logps", ref_logps)
-        if tuple(ref_logps.shape) != (N, T_out) or not ref_logps.is_floating_point():
-            raise ValueError(
-                f"ref_logps (shape {tuple(ref_logps.shape)}, dtype {ref_logps.dtype}) must be a float tensor of "
-                f"shape {(N, T_out)} (the label grid{', shifted' if shift else ''})"
-            )
-        _checks.check_same_device("ref_logps", ref_logps, policy_hidden.device)
+        _checks.check_token_logps("ref_logps", ref_logps, (N, T_out), shift, policy_hidden.device)
     sizes = group_sizes(groups, N)
     with torch.no_grad():
         args = (labels, int(ignore_index), bool(shift), temperature)
@@ -327,10 +313,9 @@ def linear_bon_rewards(
             ref_tok, _ = torch.ops.rlaifv_fast.linear_token_logps(ref_hidden, ref_weight, ref_bias, *args)
         else:
             ref_tok = ref_logps.to(pol.dtype)
-        label_grid = labels[:, 1:] if shift else labels
-        mask = label_grid != ignore_index
+        mask = _grid.scored(labels, shift, ignore_index)
         counts = mask.sum(-1)
         total = torch.where(mask, pol - ref_tok, torch.zeros((), dtype=pol.dtype, device=pol.device)).sum(-1)
-        rewards = beta * total / counts.clamp(min=1) if length_normalize else beta * total
+        rewards = beta * _grid.per_sequence(total, counts, length_normalize)
         best = best_per_group(rewards, sizes)
     return BoNRewards(rewards, counts, best)

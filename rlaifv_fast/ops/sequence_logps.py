@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 import torch
 
-from . import _checks, _dispatch
+from . import _checks, _dispatch, _grid
 
 
 @torch.library.custom_op("rlaifv_fast::token_logps", mutates_args=())
@@ -40,8 +40,7 @@ def token_logps(
 @token_logps.register_fake
 def _(logits, labels, ignore_index, shift, temperature, inplace_backward):
     B, T, _ = logits.shape
-    T_out = max(T - 1, 0) if shift else T
-    out = logits.new_empty((B, T_out), dtype=_dispatch.acc_dtype(logits.dtype))
+    out = logits.new_empty((B, _grid.grid_length(T, shift)), dtype=_dispatch.acc_dtype(logits.dtype))
     return out, torch.empty_like(out)
 
 
@@ -168,8 +167,6 @@ def sequence_logps(
     tok, _ = torch.ops.rlaifv_fast.token_logps(
         logits, labels, int(ignore_index), bool(shift), temperature, bool(inplace_backward)
     )
-    label_grid = labels[:, 1:] if shift else labels
-    counts = (label_grid != ignore_index).sum(-1)
-    sums = tok.sum(-1)
-    logps = sums / counts.clamp(min=1) if average else sums
+    counts = _grid.scored(labels, shift, ignore_index).sum(-1)
+    logps = _grid.per_sequence(tok.sum(-1), counts, average)
     return SequenceLogps(logps, counts, tok if return_per_token else None)

@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import NamedTuple
 
-import numpy as np
 import torch
 
 from . import _checks, _dispatch
@@ -41,26 +40,6 @@ class YesNo(NamedTuple):
     logp_yes: torch.Tensor
     logp_no: torch.Tensor
     accepted: torch.Tensor
-
-
-def _token_set(name: str, ids: Sequence[int] | torch.Tensor, V: int) -> list[int]:
-    if isinstance(ids, torch.Tensor):
-        if ids.dtype not in (torch.int32, torch.int64) or ids.dim() != 1:
-            raise TypeError(f"{name} must be a 1-D int32/int64 tensor or a sequence of ints, got {ids.dtype} {ids.dim()}-D")
-        values = ids.tolist()
-    else:
-        # a float or a string is not a token id: int() would truncate 3.7 or parse "5" silently
-        bad = [i for i in ids if isinstance(i, bool) or not isinstance(i, (int, np.integer))]
-        if bad:
-            raise TypeError(f"{name} must hold integer token ids, got {bad[0]!r} ({type(bad[0]).__name__})")
-        values = [int(i) for i in ids]
-    values = sorted(set(values))
-    if not values:
-        raise ValueError(f"{name} is empty: the token set needs at least one token id")
-    wrong = [i for i in values if not 0 <= i < V]
-    if wrong:
-        raise ValueError(f"{name} holds token id {wrong[0]}, outside the vocabulary [0, {V})")
-    return values
 
 
 def yes_no_logprobs(
@@ -95,13 +74,7 @@ def yes_no_logprobs(
         raise ValueError(f"logits (shape {tuple(logits.shape)}) has no positions to read (T = 0)")
     else:
         positions = None if x.shape[1] == 1 else torch.full((x.shape[0],), -1, dtype=torch.int64, device=x.device)
-    yes = _token_set("yes_ids", yes_ids, V)
-    no = _token_set("no_ids", no_ids, V)
-    both = set(yes) & set(no)
-    if both:
-        raise ValueError(f"token id {min(both)} is in both yes_ids and no_ids")
-    yes_t = torch.tensor(yes, dtype=torch.int64, device=x.device)
-    no_t = torch.tensor(no, dtype=torch.int64, device=x.device)
+    yes_t, no_t = _checks.check_token_sets(yes_ids, no_ids, V, x.device)
     with torch.no_grad():
         ly, ln = torch.ops.rlaifv_fast.yes_no_logprobs(x, positions, yes_t, no_t)
     return YesNo(ly, ln, ly > ln)
