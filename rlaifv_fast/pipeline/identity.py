@@ -112,7 +112,7 @@ def identity_path(out: Path) -> Path:
 def check_identity(out: Path, identity: dict, *, overwrite: bool = False) -> None:
     """Refuse to resume `out` with another identity; with overwrite, remove the old output and start over."""
     path = identity_path(out)
-    if path.exists():
+    if path.exists() and out.exists():
         old = json.loads(path.read_text())
         diff = _differences(old, identity)
         if diff:
@@ -122,10 +122,14 @@ def check_identity(out: Path, identity: dict, *, overwrite: bool = False) -> Non
                     f"{'; ...' if len(diff) > 6 else ''}); resuming would mix two runs: write elsewhere, or pass "
                     "--overwrite to start over"
                 )
-            if out.is_dir():
-                shutil.rmtree(out)
-            elif out.exists():
-                out.unlink()
+            _remove(out)
     elif overwrite and out.exists():
-        shutil.rmtree(out) if out.is_dir() else out.unlink()
+        _remove(out)
     write_json(path, identity)
+
+
+def _remove(out: Path) -> None:
+    if out.is_dir():
+        shutil.rmtree(out)
+    elif out.exists():
+        out.unlink()
