@@ -29,8 +29,56 @@ def make_labels(B, T, V, masked_fraction=0.2, ignore_index=-100, dtype=torch.int
     return torch.where(mask, torch.full_like(y, ignore_index), y).to(dtype)
 
 
-def oracle_sequence(logits, labels, **kw):
-    return reference.sequence_logps_reference(logits.double(), labels, **kw)
+def _lse64(x):
+    """log sum exp over the last dimension in float64, written out (max shift, exp, sum, log): no log_softmax or
+    logsumexp, so the oracle shares no code with rlaifv_fast.ops.reference. A NaN or +inf anywhere in a row makes
+    that row NaN (inf - inf), as the ops' contract says."""
+    m = x.max(dim=-1, keepdim=True).values
+    return (m + torch.log(torch.exp(x - m).sum(dim=-1, keepdim=True))).squeeze(-1)
+
+
+def token_logps64(logits, labels, *, shift=False, temperature=1.0, ignore_index=-100):
+    """(B, T') per-token label log-probs, 0 at ignored labels, computed independently in float64."""
+    x = logits.double() / temperature
+    y = labels.long()
+    if shift:
+        x, y = x[:, :-1], y[:, 1:]
+    keep = y != ignore_index
+    idx = torch.where(keep, y, torch.zeros_like(y))
+    picked = torch.take_along_dim(x, idx.unsqueeze(-1), dim=-1).squeeze(-1)
+    return torch.where(keep, picked - _lse64(x), torch.zeros((), dtype=torch.float64)), keep
+
+
+def oracle_sequence(logits, labels, *, shift=False, average=False, temperature=1.0, ignore_index=-100):
+    """(sum or mean, counts, per-token) of sequence_logps, independently in float64."""
+    tok, keep = token_logps64(logits, labels, shift=shift, temperature=temperature, ignore_index=ignore_index)
+    counts = keep.sum(-1)
+    sums = tok.sum(-1)
+    return (sums / counts.clamp(min=1) if average else sums), counts, tok
+
+
+def oracle_bon_rewards(policy, ref, labels, *, beta, length_normalize=True, shift=False, ignore_index=-100):
+    """(rewards, counts) of bon_rewards, independently in float64; `ref` logits or per-token log-probs."""
+    pol, keep = token_logps64(policy, labels, shift=shift, ignore_index=ignore_index)
+    if ref.dim() == 3:
+        ref_tok, _ = token_logps64(ref, labels, shift=shift, ignore_index=ignore_index)
+    else:
+        ref_tok = torch.where(keep, ref.double(), torch.zeros((), dtype=torch.float64))
+    counts = keep.sum(-1)
+    total = (pol - ref_tok).sum(-1)
+    return beta * (total / counts.clamp(min=1) if length_normalize else total), counts
+
+
+def oracle_yes_no(z, yes, no, positions=None):
+    """log P(yes-set), log P(no-set) at one position per row, independently in float64."""
+    x = z.double()
+    if x.dim() == 3:
+        B, T, _ = x.shape
+        pos = torch.full((B,), T - 1) if positions is None else positions.long() % max(T, 1)
+        x = x[torch.arange(B), pos]
+    lse = _lse64(x)
+    yes_t, no_t = torch.tensor(sorted(set(yes))), torch.tensor(sorted(set(no)))
+    return _lse64(x[:, yes_t]) - lse, _lse64(x[:, no_t]) - lse
 
 
 def term_scale(logits, labels, *, shift=False, temperature=1.0, ignore_index=-100):

@@ -8,16 +8,14 @@ from hypothesis import strategies as st
 import rlaifv_fast
 from rlaifv_fast.ops import reference
 from rlaifv_fast.ops.bon_rewards import best_per_group
-from oracle import DTYPES, assert_close_rel, make_labels, make_logits, term_scale
+from oracle import DTYPES, assert_close_rel, make_labels, make_logits, oracle_bon_rewards, term_scale
 
 
 def check(N, T, V, dtype, layout, masked, shift, normalize, beta, ref_as_logps, group):
     pol = make_logits(N, T, V, dtype=dtype, layout=layout)
     ref = make_logits(N, T, V, dtype=dtype, layout=layout)
     y = make_labels(N, T, V, masked_fraction=masked)
-    want, want_n = reference.bon_rewards_reference(
-        pol.double(), ref.double(), y, beta=beta, length_normalize=normalize, shift=shift
-    )
+    want, want_n = oracle_bon_rewards(pol, ref, y, beta=beta, length_normalize=normalize, shift=shift)
     ref_arg = ref
     if ref_as_logps:
         ref_arg, _ = reference.token_logps_reference(ref, y, shift=shift)

@@ -6,14 +6,12 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 import rlaifv_fast
-from rlaifv_fast.ops import reference
+from oracle import oracle_yes_no
 from oracle import DTYPES, make_logits
 
 
 def oracle(z, yes, no, positions=None):
-    return reference.yes_no_logprobs_reference(
-        z.double(), torch.tensor(sorted(set(yes))), torch.tensor(sorted(set(no))), positions=positions
-    )
+    return oracle_yes_no(z, yes, no, positions=positions)
 
 
 def close(got, want, z):
