@@ -14,7 +14,9 @@ A record is the JSON object the stage writes per item:
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+from pathlib import Path
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
@@ -98,3 +100,25 @@ class Benchmark(Protocol):
 def safe_div(num: float, den: float) -> float | None:
     """num / den, or None when the denominator is zero (a rate over nothing is undefined, not 0)."""
     return num / den if den else None
+
+
+def json_rows(path: Path) -> list[tuple[str, int, object]]:
+    """(where, index, row) for a JSON array file (where = "record i") or a JSON-lines file (where = "line n");
+    index counts records from 0, skipping blank lines."""
+    text = path.read_text(encoding="utf-8")
+    if text.lstrip().startswith("["):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise BenchmarkFileError(f"{path}: not valid JSON ({e})") from e
+        return [(f"{path}: record {i}", i, row) for i, row in enumerate(data)]
+    rows = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise BenchmarkFileError(f"{path}:{lineno}: not a JSON object ({e})") from e
+        rows.append((f"{path}:{lineno}", len(rows), row))
+    return rows

@@ -28,39 +28,16 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
-import json
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
-from .base import BenchmarkFileError, BenchmarkScores, EvalItem, safe_div
+from .base import BenchmarkFileError, BenchmarkScores, EvalItem, json_rows, safe_div
 from .chair import DEFAULT_SYNONYMS, ChairScores, CocoChair, _as_id, chair_scores
 
 _COCO_IMAGE_NAME = re.compile(r"^COCO_[a-z]+\d{4}_0*(\d+)\.(?:jpe?g|png)$", re.IGNORECASE)
 _DATA_URI = re.compile(r"^data:[^,]*;base64,", re.IGNORECASE)
-
-
-def _rows(path: Path) -> list[tuple[str, int, object]]:
-    """(where, index, row) for a JSON array file (where = "record i") or a JSON-lines file (where = "line n");
-    index counts records from 0, skipping blank lines."""
-    text = path.read_text(encoding="utf-8")
-    if text.lstrip().startswith("["):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise BenchmarkFileError(f"{path}: not valid JSON ({e})") from e
-        return [(f"{path}: record {i}", i, row) for i, row in enumerate(data)]
-    rows = []
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise BenchmarkFileError(f"{path}:{lineno}: not a JSON object ({e})") from e
-        rows.append((f"{path}:{lineno}", len(rows), row))
-    return rows
 
 
 def _image_of(where: str, row: dict) -> dict | str:
@@ -214,7 +191,7 @@ class ObjHalBenchmark(_CocoChairBenchmark):
         self._bases = [path.parent] + ([Path(images_dir)] if images_dir is not None else [])
         self._items: list[EvalItem] = []
         self._where: list[str] = []
-        for where, i, row in _rows(path):
+        for where, i, row in json_rows(path):
             if not isinstance(row, dict):
                 raise BenchmarkFileError(f"{where}: expected an object with image_id, question and image/image_path")
             image_id = _image_id(where, row)
@@ -262,7 +239,7 @@ class CocoCaptionBenchmark(_CocoChairBenchmark):
                 raise BenchmarkFileError(f"{root}: no COCO image files (COCO_<split><year>_<id>.jpg) in the folder")
             self._bases = [root]
         elif root.is_file():
-            for where, _, row in _rows(root):
+            for where, _, row in json_rows(root):
                 if not isinstance(row, dict):
                     raise BenchmarkFileError(f"{where}: expected an object with image_id and image/image_path")
                 entries.append((where, _image_id(where, row), _image_of(where, row)))

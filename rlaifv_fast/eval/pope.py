@@ -18,13 +18,12 @@ recall = TP / (TP + FN), F1 = 2PR / (P + R), yes_ratio = predicted yes / n. A ra
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from .base import BenchmarkFileError, BenchmarkScores, EvalItem, safe_div
+from .base import BenchmarkFileError, BenchmarkScores, EvalItem, json_rows, safe_div
 
 SPLITS = ("random", "popular", "adversarial")
 _NEGATIONS = ("No", "not", "no")
@@ -62,25 +61,6 @@ def _split_of(path: Path) -> str:
     return path.stem
 
 
-def _rows(path: Path) -> list[tuple[int, dict]]:
-    text = path.read_text(encoding="utf-8")
-    if text.lstrip().startswith("["):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise BenchmarkFileError(f"{path}: not valid JSON ({e})") from e
-        return [(i + 1, r) for i, r in enumerate(data)]
-    rows = []
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rows.append((lineno, json.loads(line)))
-        except json.JSONDecodeError as e:
-            raise BenchmarkFileError(f"{path}:{lineno}: not a JSON object ({e})") from e
-    return rows
-
-
 class PopeBenchmark:
     """POPE over one or more question files. `questions`: a file, a folder (every *pope*.json in it), a list of
     files, or a mapping split -> file; `images_dir`: the folder of the images the files name (default: the question
@@ -105,8 +85,7 @@ class PopeBenchmark:
             if not path.is_file():
                 raise BenchmarkFileError(f"POPE question file not found: {path}")
             base = Path(images_dir) if images_dir is not None else path.parent
-            for lineno, row in _rows(path):
-                where = f"{path}:{lineno}"
+            for where, _, row in json_rows(path):
                 if not isinstance(row, dict):
                     raise BenchmarkFileError(f"{where}: expected an object with question_id, image, text, label")
                 for field in ("question_id", "image", "text", "label"):
