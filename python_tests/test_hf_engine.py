@@ -357,3 +357,17 @@ def test_model_folders_fail_early_and_pickle_weights_need_consent(tiny_llama, tm
     engine = make_engine("hf", str(folder), options={"allow_pickle_weights": True})
     assert engine.generate(["Describe the dog."], max_new_tokens=3) == make_engine("hf", str(tiny_llama)).generate(
         ["Describe the dog."], max_new_tokens=3)
+
+
+def test_a_vision_model_without_its_processor_is_named(tiny_llava, tmp_path):
+    import shutil
+
+    from rlaifv_fast.engines import make_engine
+
+    folder = tmp_path / "no-processor"
+    shutil.copytree(tiny_llava, folder)
+    for name in ("processor_config.json", "preprocessor_config.json"):
+        if (folder / name).exists():
+            (folder / name).unlink()
+    with pytest.raises(ValueError, match=r"vision-language model \(llava\) but processor_config.json"):
+        make_engine("hf", str(folder))

@@ -30,13 +30,15 @@ class ChatPrompts:
         """load_kwargs go to from_pretrained (trust_remote_code, local_files_only, revision, ...)."""
         from transformers import AutoProcessor, AutoTokenizer
 
+        error = None
         try:
             processor = AutoProcessor.from_pretrained(source, **load_kwargs)
-        except (OSError, ValueError, KeyError, TypeError):
-            processor = None
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            processor, error = None, e
         if processor is not None and hasattr(processor, "image_processor") and hasattr(processor, "tokenizer"):
             tokenizer = processor.tokenizer
         else:
+            _require_processor_for_vision(source, error)
             tokenizer = processor if hasattr(processor, "encode") else AutoTokenizer.from_pretrained(source,
                                                                                                   **load_kwargs)
             processor = None
@@ -73,3 +75,25 @@ class ChatPrompts:
                 raise ValueError(f"yes words {yes_words!r} and no words {no_words!r} share token ids {sorted(both)}")
             self._token_sets[key] = (yes, no)
         return self._token_sets[key]
+
+
+def _require_processor_for_vision(source: str, error: Exception | None) -> None:
+    """A vision-language checkpoint without a loadable image processor is an error here, naming what is missing,
+    not a silent fall-back to text-only that fails far away."""
+    import json
+    import os
+
+    config = os.path.join(source, "config.json")
+    if not os.path.isfile(config):
+        return
+    with open(config, encoding="utf-8") as f:
+        data = json.load(f)
+    if "vision_config" not in data:
+        return
+    present = [n for n in ("processor_config.json", "preprocessor_config.json") if os.path.exists(os.path.join(
+        source, n))]
+    what = ("its processor could not be loaded" + (f" ({error})" if error else "")) if present else (
+        "processor_config.json / preprocessor_config.json is missing (save the processor with the model: "
+        "processor.save_pretrained(folder))")
+    raise ValueError(f"{source} is a vision-language model ({data.get('model_type')}) but {what}")
+
