@@ -61,8 +61,10 @@ class Config(RunOptions, EngineOptions):
                                           "en_core_web_lg when installed; without one, exact vocabulary matching, "
                                           "recorded in the report)")
     out: str | None = option(None, io=True, help="output folder: samples.jsonl, report.json, report.md, report.png")
-    shard: str | None = option(None, io=True, check=check_shard, identity=False, help="evaluate shard I of N of the items (I/N)")
-    limit: int | None = option(None, ge=1, identity=False, help="only the first N items (a quick look; shapes: N images)")
+    shard: str | None = option(None, io=True, check=check_shard, identity=False,
+                               help="evaluate shard I of N of the items (I/N)")
+    limit: int | None = option(None, ge=1, identity=False,
+                               help="only the first N items (a quick look; shapes: N images)")
     batch_size: int = option(16, ge=1, identity=False, help="items per engine call")
     max_new_tokens: int = option(256, ge=1, help="longest greedy answer")
     yes_words: tuple[str, ...] = option(YES_WORDS, check=_words, help="words whose tokens make the yes-set")

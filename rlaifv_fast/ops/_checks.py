@@ -85,7 +85,9 @@ def invalid_label_error(labels: torch.Tensor, flat: int, T: int, *, shift: bool,
 def _token_set(name: str, ids: Sequence[int] | torch.Tensor, V: int) -> list[int]:
     if isinstance(ids, torch.Tensor):
         if ids.dtype not in (torch.int32, torch.int64) or ids.dim() != 1:
-            raise TypeError(f"{name} must be a 1-D int32/int64 tensor or a sequence of ints, got {ids.dtype} {ids.dim()}-D")
+            raise TypeError(
+                f"{name} must be a 1-D int32/int64 tensor or a sequence of ints, got {ids.dtype} {ids.dim()}-D"
+            )
         values = ids.tolist()
     else:
         # a float or a string is not a token id: int() would truncate 3.7 or parse "5" silently

@@ -2,9 +2,10 @@
 the build has them, the pure-PyTorch reference elsewhere (with a one-time warning). Every op's custom-op body calls
 these functions; nothing else touches ``rlaifv_fast._C``.
 
-The lm_head-fused log-probs (linear_logps.py) have their own two backends, chosen here too (see ``linear_backend_for``): the Triton
-kernels of ``rlaifv_fast.ops.triton.linear_logps`` for CUDA tensors, and the chunked path of
-``rlaifv_fast.ops.linear_chunked`` (bounded logits chunks through the sequence_logps kernels above) everywhere else.
+The lm_head-fused log-probs (linear_logps.py) have their own two backends, chosen here too (see
+``linear_backend_for``): the Triton kernels of ``rlaifv_fast.ops.triton.linear_logps`` for CUDA tensors, and the
+chunked path of ``rlaifv_fast.ops.linear_chunked`` (bounded logits chunks through the sequence_logps kernels above)
+everywhere else.
 
 Outputs are of the accumulation dtype: float32, or float64 for float64 logits.
 """
@@ -244,8 +245,8 @@ class LinearBackend(enum.Enum):
 
 LINEAR_BACKEND_ENV = "RLAIFV_FAST_LINEAR_BACKEND"
 """The explicit switch, read at every call: "auto" (default), "triton" or "chunked". "triton" on CPU tensors runs the
-kernels in Triton's interpreter and needs TRITON_INTERPRET=1 in the environment before the first lm_head-fused call imports
-the kernels (the CI tests use this, in a child process); "chunked" forces the chunked path on CUDA too."""
+kernels in Triton's interpreter and needs TRITON_INTERPRET=1 in the environment before the first lm_head-fused call
+imports the kernels (the CI tests use this, in a child process); "chunked" forces the chunked path on CUDA too."""
 
 _triton_module = None
 

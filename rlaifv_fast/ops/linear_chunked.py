@@ -1,8 +1,9 @@
-"""The chunked backend of the lm_head-fused log-probs (linear_logps.py) for CPU tensors (and any device without the Triton kernels).
+"""The chunked backend of the lm_head-fused log-probs (linear_logps.py) for CPU tensors (and any device without the
+Triton kernels).
 
 The valid tokens are cut into blocks of rows and the vocabulary into slices; one matmul writes the logits of a
-(rows, slice) block into a reused buffer of at most CHUNK_BYTES, and the sequence_logps kernels of the dispatch point process
-that buffer:
+(rows, slice) block into a reused buffer of at most CHUNK_BYTES, and the sequence_logps kernels of the dispatch point
+process that buffer:
   forward   the native forward kernel gives each row's lse over the slice (labels pointed at column 0, so every row
             counts); slices merge by logaddexp. The label logit is an indexed dot h[n] . W[y[n]] (+ b[y[n]]).
   backward  the native backward kernel writes dz = c (onehot - softmax(z / tau)) / tau over the buffer in place from

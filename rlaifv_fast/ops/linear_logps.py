@@ -1,5 +1,5 @@
-"""lm_head-fused log-probs: the outputs of sequence_logps, yes_no_logprobs and bon_rewards straight from the last hidden states h and the lm_head
-weight W (V, H) (+ bias b), without ever holding the (N, V) logits.
+"""lm_head-fused log-probs: the outputs of sequence_logps, yes_no_logprobs and bon_rewards straight from the last
+hidden states h and the lm_head weight W (V, H) (+ bias b), without ever holding the (N, V) logits.
 
     z[n, v] = (h[n] . W[v] + b[v]) / tau      l[n] = z[n, y[n]] - logsumexp_v z[n, v]   where y[n] != ignore_index
 

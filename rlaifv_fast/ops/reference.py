@@ -61,7 +61,8 @@ def sequence_logps_reference(
     average: bool = False,
     temperature: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(per-sequence sum or mean, token count, per-token log-probs) of sequence_logps (its docstring states the formulas)."""
+    """(per-sequence sum or mean, token count, per-token log-probs) of sequence_logps (its docstring states the
+    formulas)."""
     per_token, _ = token_logps_reference(
         logits, labels, ignore_index=ignore_index, shift=shift, temperature=temperature
     )

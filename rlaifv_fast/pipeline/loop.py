@@ -91,11 +91,12 @@ class LoopConfig(Options):
     model: str | None = option(None, help="the initial policy folder (also the first iteration's reference)")
     work_dir: str | None = option(None, help="folder for every iteration's outputs and loop_state.json")
     iterations: int = option(4, ge=1, help="K (the paper: 4)")
-    isolate: bool = option(False, identity=False, help="run each stage of each iteration as its own process (its CLI command "
-                           "behind its launcher); off: in this process")
-    launch: dict = option(factory=dict, check=_launch, identity=False, help="STAGE=COMMAND: the launcher of a stage in isolated "
-                          "mode, e.g. train='torchrun --nproc_per_node 8' or reflogps='accelerate launch "
-                          "--num_processes 8'; {python} stands for this interpreter (default: {python})")
+    isolate: bool = option(False, identity=False, help="run each stage of each iteration as its own process (its "
+                           "CLI command behind its launcher); off: in this process")
+    launch: dict = option(factory=dict, check=_launch, identity=False,
+                          help="STAGE=COMMAND: the launcher of a stage in isolated mode, e.g. train='torchrun "
+                          "--nproc_per_node 8' or reflogps='accelerate launch --num_processes 8'; {python} stands for "
+                          "this interpreter (default: {python})")
     on_no_pairs: NoPairs = option(NoPairs.CARRY, help="an iteration without preference pairs: carry the policy "
                                   "over (with a warning) or fail")
     eval: dict = option(factory=dict, check=_evals, help="BENCH=PATH: evaluate the initial policy and every "
