@@ -156,7 +156,8 @@ def _demo(work, *extra):
     import subprocess
     import sys
 
-    cmd = [sys.executable, "-m", "rlaifv_fast.cli", "demo", "--work-dir", str(work), "--iterations", "1",
+    # a work folder relative to the current directory, as the README's `rlaifv-fast demo` uses its default
+    cmd = [sys.executable, "-m", "rlaifv_fast.cli", "demo", "--work-dir", work.name, "--iterations", "1",
            "--n-prompts", "6", "--n-candidates", "4", "--eval-images", "6", "--eval-samples", "2", "--bon-n", "2",
            "--epochs", "1", "--threads", "1", "--no-progress", *extra]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=work.parent)

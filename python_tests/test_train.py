@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -261,3 +262,49 @@ def test_lm_head_chunked_path_equals_the_logits_path(tiny_llava, tmp_path):
     assert ga.keys() == gb.keys()
     for name in ga:
         torch.testing.assert_close(ga[name], gb[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def _tiny_softcapped(folder):
+    """A text-only Gemma-2-style model (final-logit soft-capping 5, logits well past it) with the tiny tokenizer."""
+    from transformers import Gemma2Config, Gemma2ForCausalLM, GenerationConfig
+
+    from rlaifv_fast.testing.tiny_vlm import BOS, EOS, PAD, SPECIAL_TOKENS, _build_tokenizer, _check_words
+
+    tokenizer = _build_tokenizer(_check_words(None))
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+    config = Gemma2Config(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                          num_attention_heads=2, num_key_value_heads=2, head_dim=32, final_logit_softcapping=5.0,
+                          initializer_range=0.5, bos_token_id=ids[BOS], eos_token_id=ids[EOS], pad_token_id=ids[PAD])
+    torch.manual_seed(0)
+    model = Gemma2ForCausalLM(config).eval()
+    model.generation_config = GenerationConfig(bos_token_id=ids[BOS], eos_token_id=ids[EOS], pad_token_id=ids[PAD])
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    return folder, model
+
+
+def test_one_lm_head_definition_and_soft_capping(tmp_path):
+    from rlaifv_fast.engines.lm_head import LMHead
+
+    folder, model = _tiny_softcapped(tmp_path / "gemma2")
+    head = LMHead.of(model)
+    assert head.softcap == 5.0 and head.scale == 1.0 and not head.plain
+    ids = torch.tensor([[1, 5, 7, 9, 11]])
+    with torch.no_grad():
+        out = model(ids, output_hidden_states=True)
+        assert torch.allclose(head.logits(out.hidden_states[-1]), out.logits, atol=1e-5)  # the model's own logits
+        assert out.logits.abs().max() <= 5.0
+    # the reference is scored with the capped logits, and the logits path trains on the same: ln 2 at step 1
+    rows = [{"ds_name": "t", "image": {"bytes": None, "path": None}, "question": q, "chosen": c, "rejected": r,
+             "origin_dataset": "t", "origin_split": "{}", "idx": f"p{i}", "image_path": ""}
+            for i, (q, c, r) in enumerate(PAIRS[:2])]
+    write_rlaifv_parquet(tmp_path / "p.parquet", rows)
+    run_ref_logps(tmp_path / "p.parquet", HFEngine(folder), tmp_path / "ref.parquet", progress=False)
+    config = TrainConfig(lr=1e-3, warmup_ratio=0.0, max_steps=1, per_device_batch_size=2,
+                         output_dir=str(tmp_path / "run"))
+    result = train_dpo(tmp_path / "ref.parquet", folder, config)
+    assert result.metrics[0]["loss"] == pytest.approx(math.log(2), abs=1e-5)
+    # the fused lm_head path computes h W^T + b, without the soft-capping: refused, never silently wrong
+    with pytest.raises(ValueError, match=r"lm_head_chunked does not apply this model's .*soft-capping 5.0"):
+        train_dpo(tmp_path / "ref.parquet", folder,
+                  dataclasses.replace(config, logps_path="lm_head_chunked", output_dir=str(tmp_path / "run2")))

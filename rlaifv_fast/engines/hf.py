@@ -262,7 +262,9 @@ class HFEngine:
         text_cfg = self.config.get_text_config() if hasattr(self.config, "get_text_config") else self.config
         text_type = getattr(text_cfg, "model_type", model_type)
         self._positions_1d = model_type in _PREFIX_SHARING_MODEL_TYPES and text_type in _PREFIX_SHARING_TEXT_TYPES
-        self._softcap = getattr(text_cfg, "final_logit_softcapping", None)
+        from .lm_head import head_transform
+
+        self._head_scale, self._softcap = head_transform(self.config)
         backbone = getattr(self.model, "model", None)
         self._backbone = backbone if isinstance(backbone, torch.nn.Module) else self.model.base_model
         params = inspect.signature(self._backbone.forward).parameters
@@ -542,10 +544,9 @@ class HFEngine:
 
     def _head(self, hidden: torch.Tensor) -> torch.Tensor:
         """(B, H) last hidden states -> (B, V) logits (the LM head on the last position only)."""
-        logits = self.model.get_output_embeddings()(hidden)
-        if self._softcap:
-            logits = torch.tanh(logits / self._softcap) * self._softcap
-        return logits
+        from .lm_head import LMHead
+
+        return LMHead(None, None, self._head_scale, self._softcap).transform(self.model.get_output_embeddings()(hidden))
 
     def _backbone_call(self, **kwargs):
         cache = kwargs.pop("cache", None)

@@ -59,6 +59,7 @@ from contextlib import contextmanager, nullcontext
 import torch
 import torch.nn.functional as F
 
+from ..engines.lm_head import head_transform
 from ..ops.sequence_logps import sequence_logps
 
 SUPPORTED_TRL_VERSIONS: tuple[str, ...] = ("1.16.0",)
@@ -170,16 +171,8 @@ def add_fused_logps_lm_head(
     text_config = model.config.get_text_config()
     # --- from here to `_fused_forward`: TRL 1.16.0 trl/trainer/utils.py lines 1575-1595
     # (logic unchanged, comments dropped) ---
-    final_logit_softcapping = getattr(text_config, "final_logit_softcapping", None)
-    logit_scale = getattr(text_config, "logit_scale", None)
-    if logit_scale is None:
-        logit_scale = getattr(text_config, "output_multiplier", None)
-    if logit_scale is None:
-        logit_scale = getattr(text_config, "lm_head_multiplier", None)
-    if logit_scale is None and getattr(text_config, "logits_scaling", None) is not None:
-        logits_scaling = text_config.logits_scaling
-        logit_scale = logits_scaling if text_config.model_type == "hyperclovax" else 1 / logits_scaling
-    logit_scale = 1.0 if logit_scale is None else logit_scale
+    # the lookup of TRL's lines 1575-1585, shared with the engines and the trainer
+    logit_scale, final_logit_softcapping = head_transform(model.config)
     backbone_attr = "base_model"
     if text_config is not model.config and Version(transformers.__version__) < Version("5.0.0"):
         backbone_attr = "model"

@@ -158,7 +158,8 @@ def write_prompts(prompts: list[Prompt], path: Path) -> Path:
 
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         for p in prompts:
-            f.write(json.dumps({"id": p.id, "image": str(p.image), "question": p.question}) + "\n")
+            # absolute: a relative image path would be read against the prompts file's folder
+            f.write(json.dumps({"id": p.id, "image": str(Path(p.image).resolve()), "question": p.question}) + "\n")
     return path
 
 

@@ -43,6 +43,7 @@ from ...ops import DPOConfig, DPOLossType, dpo_loss, sequence_logps
 from ..scoring import EncodedResponse, Triple, collate, cut_per_token, encode_triples
 from ..store import atomic_path, replace_dir
 from ...engines.layout import write_hub_layout
+from ...engines.lm_head import LMHead
 from .config import LoRAConfig, TrainConfig
 
 # Submodules of a VLM that encode images (frozen by default, never LoRA targets).
@@ -285,6 +286,12 @@ def train_dpo(
         engine = HFEngine(model_path, device=accelerator.device, dtype=torch.float32,
                           trust_remote_code=config.trust_remote_code)
         model = engine.model
+        head = LMHead.of(model)
+        if config.logps_path == "lm_head_chunked" and not head.plain:
+            # the lm_head-fused op computes h W^T + b; a scaled or soft-capped head would give silently wrong
+            # log-probs (policy and reference would disagree), so this combination is refused
+            raise ValueError(f"{model_path}: --logps-path lm_head_chunked does not apply this model's {head.describe()}"
+                             "; use --logps-path logits (the model's own logits)")
         processor = engine.processor if engine.processor is not None else engine.tokenizer
         vision = _vision_prefixes(model)
         if config.freeze_vision_tower:
