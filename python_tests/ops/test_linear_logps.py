@@ -28,7 +28,7 @@ from rlaifv_fast.ops import _dispatch, linear_chunked
 from linear_cases import check_bon_case, check_linear_case, check_yes_no_case, make_head
 from oracle import make_labels
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ops = torch.ops.rlaifv_fast
 
 
