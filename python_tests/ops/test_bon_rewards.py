@@ -1,4 +1,5 @@
-"""bon_rewards against the float64 oracle, with reference logits or precomputed per-token reference log-probs."""
+"""bon_rewards against the float64 oracle, with reference logits or precomputed per-token reference log-probs; bad
+inputs, opcheck and torch.compile, and the CUDA kernel (marked `cuda`)."""
 
 import pytest
 import torch
@@ -91,3 +92,74 @@ def test_no_grad():
     pol = torch.randn(2, 3, 9, requires_grad=True)
     out = rlaifv_fast.bon_rewards(pol, torch.randn(2, 3, 9), torch.randint(0, 9, (2, 3)), beta=0.1)
     assert not out.rewards.requires_grad
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# bad input, torch.library and CUDA
+
+ops = torch.ops.rlaifv_fast
+DEV = "cuda"  # the CUDA cases are marked `cuda` and skipped without a device
+
+
+def test_bad_inputs():
+    x = torch.randn(4, 3, 7)
+    y = torch.randint(0, 7, (4, 3))
+    with pytest.raises(ValueError, match=r"group 1 has size 0; every group needs a candidate"):
+        rlaifv_fast.bon_rewards(x, x, y, beta=0.1, groups=[4, 0])
+    with pytest.raises(ValueError, match=r"sizes add up to 3 but there are 4 candidates"):
+        rlaifv_fast.bon_rewards(x, x, y, beta=0.1, groups=[1, 2])
+    with pytest.raises(ValueError, match=r"groups=3: must be a positive group size dividing the 4 candidates"):
+        rlaifv_fast.bon_rewards(x, x, y, beta=0.1, groups=3)
+    with pytest.raises(ValueError, match=r"no candidates to choose from"):
+        rlaifv_fast.bon_rewards(torch.randn(0, 3, 7), torch.randn(0, 3, 7), y[:0], beta=0.1)
+    with pytest.raises(ValueError, match=r"ref logits .*must match policy_logits"):
+        rlaifv_fast.bon_rewards(x, x.double(), y, beta=0.1)
+    with pytest.raises(ValueError, match=r"ref per-token log-probs .*shape \(4, 2\) \(the label grid, shifted\)"):
+        rlaifv_fast.bon_rewards(x, torch.randn(4, 3), y, beta=0.1, shift=True)
+    y_bad = y.clone()
+    y_bad[3, 1] = 99
+    with pytest.raises(ValueError, match=r"labels\[3, 1\] = 99"):
+        rlaifv_fast.bon_rewards(x, x, y_bad, beta=0.1)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+@pytest.mark.parametrize("ref_as_logps", [False, True])
+def test_cuda_matches_oracle(dtype, ref_as_logps):
+    N, T, V = 8, 6, 32000
+    pol = make_logits(N, T, V, dtype=DTYPES[dtype], device=DEV)
+    ref = make_logits(N, T, V, dtype=DTYPES[dtype], device=DEV)
+    y = make_labels(N, T, V, device=DEV)
+    want, _ = reference.bon_rewards_reference(pol.double(), ref.double(), y, beta=0.1, shift=True)
+    ref_arg = reference.token_logps_reference(ref, y, shift=True)[0] if ref_as_logps else ref
+    got = rlaifv_fast.bon_rewards(pol, ref_arg, y, beta=0.1, shift=True, groups=4)
+    scale = 0.1 * (term_scale(pol, y, shift=True) + term_scale(ref, y, shift=True)) / got.counts.clamp(min=1)
+    assert_close_rel(got.rewards.cpu(), want.cpu(), scale.cpu())
+
+
+def test_nonsense_beta_is_refused():
+    logits = torch.randn(4, 3, 10)
+    labels = torch.randint(0, 10, (4, 3))
+    for beta in (-0.1, float("nan"), 0.0):
+        with pytest.raises(ValueError, match="beta must be a finite number > 0"):
+            rlaifv_fast.bon_rewards(logits, logits.clone(), labels, beta=beta, groups=2)
+
+
+def test_opcheck():
+    x = make_logits(3, 4, 29)
+    r = make_logits(3, 4, 29)
+    y = make_labels(3, 4, 29)
+    torch.library.opcheck(ops.bon_token_rewards.default, (x, r, None, y, -100, True, 1.0))
+    torch.library.opcheck(ops.bon_token_rewards.default, (x, None, torch.randn(3, 4), y, -100, False, 1.0))
+
+
+def test_compile_inductor():
+    torch._dynamo.reset()
+    x = make_logits(3, 5, 40)
+    r = make_logits(3, 5, 40)
+    y = make_labels(3, 5, 40)
+
+    def f(x, r):
+        return rlaifv_fast.bon_rewards(x, r, y, beta=0.1, groups=3).rewards
+
+    torch.testing.assert_close(torch.compile(f, fullgraph=True)(x, r), f(x, r))

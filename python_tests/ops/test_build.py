@@ -4,6 +4,7 @@ import os
 import shutil
 
 import pytest
+import torch
 
 import rlaifv_fast
 
@@ -33,3 +34,15 @@ def test_ops_are_registered():
     for name in ("token_logps", "token_logps_backward", "token_logps_backward_", "bon_token_rewards",
                  "yes_no_logprobs"):
         assert hasattr(torch.ops.rlaifv_fast, name)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# the CUDA backend
+
+
+@pytest.mark.cuda
+def test_cuda_backend_is_native():
+    from rlaifv_fast.ops import _dispatch
+
+    assert rlaifv_fast.build_info()["cuda"]
+    assert _dispatch.backend_for(torch.device("cuda")) is _dispatch.Backend.CUDA

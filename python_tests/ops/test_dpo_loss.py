@@ -1,4 +1,5 @@
-"""dpo_loss formulas, metrics, and the concatenated-logits path against a plain-PyTorch computation."""
+"""dpo_loss formulas, metrics, and the concatenated-logits path against a plain-PyTorch computation; bad inputs and
+torch.compile(fullgraph=True) of a DPO step."""
 
 import pytest
 import torch
@@ -68,3 +69,51 @@ def test_from_concatenated_logits(loss_type):
     want.loss.backward()
     torch.testing.assert_close(out.loss, want.loss)
     torch.testing.assert_close(logits.grad, x2.grad)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# bad input and torch.compile
+
+
+def test_bad_inputs():
+    a = torch.randn(3)
+    with pytest.raises(ValueError, match=r"ref_rejected_logps has shape \(2,\), expected \(3,\)"):
+        rlaifv_fast.dpo_loss(a, a, a, a[:2])
+    with pytest.raises(ValueError, match="DPOConfig.beta must be a finite number > 0"):
+        rlaifv_fast.DPOConfig(beta=0)
+    with pytest.raises(ValueError, match="label_smoothing applies to sigmoid and robust"):
+        rlaifv_fast.DPOConfig(loss_type="hinge", label_smoothing=0.1)
+    with pytest.raises(ValueError, match="'nope' is not a valid DPOLossType"):
+        rlaifv_fast.DPOConfig(loss_type="nope")
+    with pytest.raises(ValueError, match=r"must be \(2P, T, V\)"):
+        rlaifv_fast.dpo_loss_from_logits(torch.randn(3, 2, 4), torch.zeros(3, 2, dtype=torch.long), a[:1], a[:1])
+
+
+def test_compile_fullgraph_dpo_step():
+    torch._dynamo.reset()
+    h = torch.randn(4, 6, 16, requires_grad=True)
+    w = torch.randn(50, 16)
+    y = make_labels(4, 6, 50, masked_fraction=0.3)
+    ref = torch.randn(4)
+
+    def step(h):
+        logits = h @ w.T
+        out = rlaifv_fast.dpo_loss_from_logits(
+            logits, y, ref[:2], ref[2:], config=rlaifv_fast.DPOConfig(beta=0.1, sft_weight=0.5)
+        )
+        return out.loss
+
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    loss_c = compiled(h)
+    (g_c,) = torch.autograd.grad(loss_c, h)
+    loss_e = step(h)
+    (g_e,) = torch.autograd.grad(loss_e, h)
+    torch.testing.assert_close(loss_c, loss_e)
+    torch.testing.assert_close(g_c, g_e)
+
+
+def test_nonsense_parameters_are_refused():
+    with pytest.raises(ValueError, match="beta must be a finite number > 0, got inf"):
+        DPOConfig(beta=float("inf"))
+    with pytest.raises(ValueError, match="sft_weight must be a finite number >= 0, got -1"):
+        DPOConfig(sft_weight=-1.0)

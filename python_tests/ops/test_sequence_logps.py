@@ -1,4 +1,5 @@
-"""sequence_logps against the float64 oracle: outputs, gradients, layouts, dtypes, and the ugly cases."""
+"""sequence_logps, all of it in one file: against the float64 oracle (outputs, gradients, layouts, dtypes, the ugly
+cases), bad inputs, torch.library opcheck and torch.compile, and the CUDA kernels (marked `cuda`)."""
 
 import math
 
@@ -198,3 +199,184 @@ def test_per_token_gradient_flows():
     xo = x.detach().clone().requires_grad_(True)
     (oracle_sequence(xo, y)[2] * w).sum().backward()
     torch.testing.assert_close(x.grad, xo.grad, rtol=1e-10, atol=1e-12)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# bad input, torch.library and CUDA
+
+ops = torch.ops.rlaifv_fast
+DEV = "cuda"  # the CUDA cases are marked `cuda` and skipped without a device
+
+
+def seq(x, y, **kw):
+    return rlaifv_fast.sequence_logps(x, y, **kw)
+
+
+def test_wrong_rank():
+    with pytest.raises(ValueError, match=r"logits \(shape \(4, 10\).*expected a 3-D tensor, got 2-D"):
+        seq(torch.randn(4, 10), torch.zeros(4, dtype=torch.long))
+
+
+def test_labels_shape_mismatch():
+    with pytest.raises(ValueError, match=r"labels \(shape \(2, 4\).*shape must be \(2, 3\)"):
+        seq(torch.randn(2, 3, 5), torch.zeros(2, 4, dtype=torch.long))
+
+
+@pytest.mark.parametrize("shift", [False, True])
+def test_label_out_of_range_names_position(backend, shift):
+    y = torch.zeros(2, 4, dtype=torch.long)
+    y[1, 2] = 7
+    with pytest.raises(ValueError, match=r"labels\[1, 2\] = 7 is outside \[0, 5\) and is not ignore_index \(-100\)"):
+        seq(torch.randn(2, 4, 5), y, shift=shift)
+
+
+def test_negative_label_other_than_ignore_index():
+    y = torch.zeros(2, 4, dtype=torch.int32)
+    y[0, 3] = -1
+    with pytest.raises(ValueError, match=r"labels\[0, 3\] = -1"):
+        seq(torch.randn(2, 4, 5), y)
+    # a custom ignore index is honoured
+    assert seq(torch.randn(2, 4, 5), y, ignore_index=-1).counts.tolist() == [3, 4]
+
+
+def test_label_error_in_backward_path_raises_before_any_gradient():
+    x = torch.randn(1, 2, 3, requires_grad=True)
+    with pytest.raises(ValueError, match="outside"):
+        seq(x, torch.tensor([[0, 3]]))
+    assert x.grad is None
+
+
+def test_non_unit_vocab_stride():
+    x = torch.randn(2, 5, 3).transpose(1, 2)  # (2, 3, 5) with V stride 3
+    with pytest.raises(ValueError, match=r"vocabulary dimension must have unit stride, got stride 3"):
+        seq(x, torch.zeros(2, 3, dtype=torch.long))
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.bool, torch.complex64, torch.uint8])
+def test_non_float_logits(dtype):
+    with pytest.raises(TypeError, match=r"logits .*must be float32, bfloat16, float16 or float64"):
+        seq(torch.zeros(1, 2, 3, dtype=dtype), torch.zeros(1, 2, dtype=torch.long))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.int16, torch.uint8])
+def test_non_integer_labels(dtype):
+    with pytest.raises(TypeError, match=r"labels .*must be int32 or int64"):
+        seq(torch.randn(1, 2, 3), torch.zeros(1, 2, dtype=dtype))
+
+
+def test_mismatched_devices():
+    with pytest.raises(ValueError, match=r"labels .*device meta.*must be on the logits' device cpu"):
+        seq(torch.randn(1, 2, 3), torch.zeros(1, 2, dtype=torch.long, device="meta"))
+
+
+def test_not_a_tensor():
+    with pytest.raises(TypeError, match="logits must be a torch.Tensor, got list"):
+        seq([[[0.0]]], torch.zeros(1, 1, dtype=torch.long))
+
+
+def test_empty_vocab():
+    with pytest.raises(ValueError, match=r"vocabulary dimension is empty \(V = 0\)"):
+        seq(torch.randn(1, 2, 0), torch.zeros(1, 2, dtype=torch.long))
+
+
+@pytest.mark.parametrize("temperature", [0.0, -1.0, float("nan"), float("inf")])
+def test_bad_temperature(temperature):
+    with pytest.raises(ValueError, match="temperature must be a finite number > 0"):
+        seq(torch.randn(1, 2, 3), torch.zeros(1, 2, dtype=torch.long), temperature=temperature)
+
+
+def _token_args(dtype=torch.float32, shift=False):
+    x = make_logits(2, 5, 37, dtype=dtype, layout="strided").requires_grad_(True)
+    y = make_labels(2, 5, 37, masked_fraction=0.3)
+    return x, y, -100, shift, 1.5, False
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("shift", [False, True])
+def test_opcheck_token_logps(dtype, shift):
+    torch.library.opcheck(ops.token_logps.default, _token_args(dtype, shift))
+
+
+def test_opcheck_backward_ops():
+    x, y, ignore, shift, temp, _ = _token_args(shift=True)
+    x = x.detach()
+    tok, lse = ops.token_logps(x, y, ignore, shift, temp, False)
+    g = torch.randn_like(tok)
+    torch.library.opcheck(ops.token_logps_backward.default, (g, x, y, lse, ignore, shift, temp))
+    torch.library.opcheck(ops.token_logps_backward_.default, (g, x.clone(), y, lse, ignore, shift, temp))
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", ["fp32", "bf16", "fp16"])
+@pytest.mark.parametrize("layout", ["contiguous", "strided", "transposed"])
+@pytest.mark.parametrize("V", [1, 2, 31, 123, 1000, 32000, 152064])
+@pytest.mark.parametrize("shift", [False, True])
+def test_cuda_matches_oracle(dtype, layout, V, shift):
+    B, T = 3, 5
+    x = make_logits(B, T, V, dtype=DTYPES[dtype], layout=layout, device=DEV)
+    y = make_labels(B, T, V, masked_fraction=0.3, device=DEV)
+    g = torch.randn(B, dtype=torch.float64, device=DEV)
+    xo = x.detach().double().requires_grad_(True)
+    want, want_n, _ = reference.sequence_logps_reference(xo, y, shift=shift, average=True, temperature=0.7)
+    (want * g).sum().backward()
+    xs = x.detach().requires_grad_(True)
+    got = rlaifv_fast.sequence_logps(xs, y, shift=shift, average=True, temperature=0.7)
+    assert torch.equal(got.counts, want_n)
+    scale = term_scale(x, y, shift=shift, temperature=0.7) / want_n.clamp(min=1)
+    assert_close_rel(got.logps.cpu(), want.detach().cpu(), scale.cpu())
+    (got.logps.double() * g).sum().backward()
+    rtol = {"fp32": 1e-5, "bf16": 2.0**-8, "fp16": 2.0**-11}[dtype]
+    err = (xs.grad.double() - xo.grad).abs()
+    assert bool((err <= rtol * xo.grad.abs() + 1e-6 * g.abs().max() / 0.7).all()), err.max().item()
+
+
+@pytest.mark.cuda
+def test_cuda_inplace_backward_matches():
+    x = make_logits(2, 9, 5000, dtype=torch.bfloat16, device=DEV)
+    y = make_labels(2, 9, 5000, device=DEV)
+    a = x.clone().requires_grad_(True)
+    rlaifv_fast.sequence_logps(a, y, shift=True).logps.sum().backward()
+    h = x.clone().float().requires_grad_(True)
+    logits = h.to(torch.bfloat16)
+    rlaifv_fast.sequence_logps(logits, y, shift=True, inplace_backward=True).logps.sum().backward()
+    torch.testing.assert_close(h.grad.to(torch.bfloat16), a.grad)
+
+
+@pytest.mark.cuda
+def test_cuda_invalid_label_detected_in_kernel():
+    y = make_labels(2, 4, 100, device=DEV)
+    y[1, 3] = 100
+    with pytest.raises(ValueError, match=r"labels\[1, 3\] = 100 is outside \[0, 100\)"):
+        rlaifv_fast.sequence_logps(torch.randn(2, 4, 100, device=DEV), y)
+
+
+@pytest.mark.cuda
+def test_cuda_nan_row_isolated():
+    x = torch.randn(3, 2, 300, device=DEV)
+    x[1, 0, 5] = float("nan")
+    out = rlaifv_fast.sequence_logps(x, torch.randint(0, 300, (3, 2), device=DEV))
+    assert torch.isnan(out.logps[1]) and torch.isfinite(out.logps[[0, 2]]).all()
+
+
+@pytest.mark.cuda
+def test_cuda_side_stream():
+    x = torch.randn(4, 8, 1000, device=DEV)
+    y = torch.randint(0, 1000, (4, 8), device=DEV)
+    want = rlaifv_fast.sequence_logps(x, y).logps
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        got = rlaifv_fast.sequence_logps(x, y).logps
+    torch.cuda.current_stream().wait_stream(s)
+    torch.testing.assert_close(got, want)
+
+
+def test_compile_inductor():
+    torch._dynamo.reset()
+    x = make_logits(3, 5, 40)
+    y = make_labels(3, 5, 40)
+
+    def f(x):
+        return rlaifv_fast.sequence_logps(x, y, shift=True, average=True).logps
+
+    torch.testing.assert_close(torch.compile(f, fullgraph=True)(x), f(x))

@@ -1,4 +1,5 @@
-"""yes_no_logprobs against the float64 oracle, verdicts, and the claim -> response score reduction."""
+"""yes_no_logprobs against the float64 oracle, verdicts, the claim -> response score reduction, bad inputs, opcheck and
+torch.compile, and the CUDA kernel (marked `cuda`)."""
 
 import pytest
 import torch
@@ -8,6 +9,7 @@ from hypothesis import strategies as st
 import rlaifv_fast
 from oracle import oracle_yes_no
 from oracle import DTYPES, make_logits
+from rlaifv_fast.ops import reference
 
 
 def oracle(z, yes, no, positions=None):
@@ -81,3 +83,76 @@ def test_response_scores_segment_reduction():
     assert out.scores.tolist() == [-1.0, 0.0, -2.0, 0.0]
     assert out.n_claims.tolist() == [2, 0, 3, 0]  # responses 1 and 3 have no claims: flagged by n_claims == 0
     assert out.n_rejected.tolist() == [1, 0, 2, 0]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# bad input, torch.library and CUDA
+
+ops = torch.ops.rlaifv_fast
+DEV = "cuda"  # the CUDA cases are marked `cuda` and skipped without a device
+
+
+def test_bad_inputs(backend):
+    z = torch.randn(3, 10)
+    with pytest.raises(ValueError, match="yes_ids is empty"):
+        rlaifv_fast.yes_no_logprobs(z, [], [1])
+    with pytest.raises(ValueError, match=r"no_ids holds token id 10, outside the vocabulary \[0, 10\)"):
+        rlaifv_fast.yes_no_logprobs(z, [1], [10])
+    with pytest.raises(ValueError, match="token id 2 is in both yes_ids and no_ids"):
+        rlaifv_fast.yes_no_logprobs(z, [1, 2], [2, 3])
+    with pytest.raises(ValueError, match=r"positions\[1\] = 5 is outside the 4 positions"):
+        rlaifv_fast.yes_no_logprobs(torch.randn(3, 4, 10), [1], [2], positions=torch.tensor([0, 5, 1]))
+    with pytest.raises(ValueError, match="positions are only meaningful with"):
+        rlaifv_fast.yes_no_logprobs(z, [1], [2], positions=torch.tensor([0, 0, 0]))
+    with pytest.raises(TypeError, match="yes_ids must be a 1-D int32/int64 tensor"):
+        rlaifv_fast.yes_no_logprobs(z, torch.tensor([1.0]), [2])
+
+
+def test_response_scores_bad_inputs():
+    acc = torch.tensor([True, False])
+    with pytest.raises(ValueError, match="refers to response 3 but num_responses=2"):
+        rlaifv_fast.response_scores(acc, torch.tensor([0, 3]), num_responses=2)
+    with pytest.raises(ValueError, match="one entry per claim"):
+        rlaifv_fast.response_scores(acc, torch.tensor([0]))
+    with pytest.raises(TypeError, match="accepted must be a 1-D bool tensor"):
+        rlaifv_fast.response_scores(torch.tensor([1, 0]), torch.tensor([0, 0]))
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", ["fp32", "bf16", "fp16"])
+def test_cuda_matches_oracle(dtype):
+    z = make_logits(64, 3, 152064, dtype=DTYPES[dtype], device=DEV)
+    pos = torch.randint(-3, 3, (64,), device=DEV)
+    got = rlaifv_fast.yes_no_logprobs(z, [10, 20], [30, 40], positions=pos)
+    want_y, want_n = reference.yes_no_logprobs_reference(
+        z.double(), torch.tensor([10, 20], device=DEV), torch.tensor([30, 40], device=DEV), positions=pos
+    )
+    torch.testing.assert_close(got.logp_yes.double(), want_y, rtol=1e-5, atol=2e-4)
+    torch.testing.assert_close(got.logp_no.double(), want_n, rtol=1e-5, atol=2e-4)
+
+
+def test_token_ids_must_be_integers():
+    z = torch.randn(2, 10)
+    with pytest.raises(TypeError, match=r"yes_ids must hold integer token ids, got 3.7"):
+        rlaifv_fast.yes_no_logprobs(z, [3.7], [1])
+    with pytest.raises(TypeError, match=r"no_ids must hold integer token ids, got '5'"):
+        rlaifv_fast.yes_no_logprobs(z, [3], ["5"])
+
+
+def test_opcheck():
+    x = make_logits(3, 4, 29)
+    yes, no = torch.tensor([1, 5]), torch.tensor([2])
+    torch.library.opcheck(ops.yes_no_logprobs.default, (x, torch.tensor([0, -1, 2]), yes, no))
+    torch.library.opcheck(ops.yes_no_logprobs.default, (x[:, :1], None, yes, no))
+
+
+def test_compile_inductor():
+    torch._dynamo.reset()
+    x = make_logits(3, 5, 40)
+
+    def f(x):
+        yn = rlaifv_fast.yes_no_logprobs(x, [1, 2], [3])
+        return yn.logp_yes, yn.logp_no
+
+    for a, b in zip(torch.compile(f, fullgraph=True)(x), f(x)):
+        torch.testing.assert_close(a, b)
