@@ -95,6 +95,73 @@ def _per_token_keys(mm: dict | None, length: int) -> list[str]:
     return [k for k, v in mm.items() if isinstance(v, torch.Tensor) and v.dim() == 2 and v.shape == (1, length)]
 
 
+# Model types whose processors batch images of different crop counts or sizes by zero padding, which the model then
+# drops: LLaVA-NeXT pads the crop dimension of pixel_values with zero crops (each image's crop count follows from its
+# image_sizes); Idefics3 / SmolVLM pad a sample's images (its crops) with all-zero images and height / width with
+# zeros (0 in pixel_attention_mask), and skip all-zero images.
+_ZERO_PADDED_IMAGE_BATCHES = frozenset({"llava_next", "idefics3", "smolvlm"})
+
+
+def _zero_padded_cat(values: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Tensors concatenated along dim 0, every other dim zero-padded at its end to the largest size."""
+    shape = [max(v.shape[d] for v in values) for d in range(1, values[0].dim())]
+    out = values[0].new_zeros((sum(v.shape[0] for v in values), *shape))
+    start = 0
+    for v in values:
+        out[(slice(start, start + v.shape[0]), *(slice(0, n) for n in v.shape[1:]))] = v
+        start += v.shape[0]
+    return out
+
+
+def collate_image_inputs(
+    mms: Sequence[dict | None], lengths: Sequence[int], T: int, *, left: bool, model_type: str
+) -> dict[str, Any]:
+    """The processor outputs of a batch of rows (one dict per row, None for a row without image; `lengths`: each
+    row's token count) as the processor itself batches them, for rows padded to T tokens on the left or the right:
+
+    - per-token outputs (shape (1, T_row), e.g. mm_token_type_ids) padded with zeros (text) to (B, T);
+    - per-image tensors concatenated in row order along dim 0; where their other dims differ (anyres crop counts,
+      image splitting), zero-padded at the end first, as the processors of _ZERO_PADDED_IMAGE_BATCHES do (their
+      models drop the padding); for other model types a difference is an error naming the input;
+    - other values (lists) listed in row order.
+    """
+    B = len(mms)
+    present = [(i, m) for i, m in enumerate(mms) if m]
+    keys: list[str] = []
+    for _, m in present:
+        keys.extend(k for k in m if k not in keys)
+    batch: dict[str, Any] = {}
+    for k in keys:
+        vals = [(i, m.get(k)) for i, m in present]
+        if any(v is None for _, v in vals):
+            raise ValueError(f"image inputs of one batch differ: {k!r} is missing for some rows")
+        if all(k in _per_token_keys(mms[i], lengths[i]) for i, _ in vals):
+            padded = torch.zeros((B, T), dtype=vals[0][1].dtype)
+            for i, v in vals:
+                n = v.shape[1]
+                if left:
+                    padded[i, T - n :] = v[0]
+                else:
+                    padded[i, :n] = v[0]
+            batch[k] = padded
+        elif isinstance(vals[0][1], torch.Tensor):
+            tensors = [v for _, v in vals]
+            if len({(v.dim(), *v.shape[1:]) for v in tensors}) == 1:
+                batch[k] = torch.cat(tensors, dim=0)
+            elif model_type in _ZERO_PADDED_IMAGE_BATCHES and len({v.dim() for v in tensors}) == 1:
+                batch[k] = _zero_padded_cat(tensors)
+            else:
+                shapes = sorted({tuple(v.shape) for v in tensors})
+                raise ValueError(
+                    f"image input {k!r} has shapes {shapes} within one batch, and how model type {model_type!r} "
+                    "batches such inputs is not known (zero padding is known for "
+                    f"{sorted(_ZERO_PADDED_IMAGE_BATCHES)}); run with batch size 1"
+                )
+        else:
+            batch[k] = [v for _, v in vals]
+    return batch
+
+
 def _lcp(a: Sequence[int], b: Sequence[int]) -> int:
     n = min(len(a), len(b))
     i = 0
@@ -259,6 +326,7 @@ class HFEngine:
         )
 
         model_type = getattr(self.config, "model_type", "")
+        self._model_type = model_type
         text_cfg = self.config.get_text_config() if hasattr(self.config, "get_text_config") else self.config
         text_type = getattr(text_cfg, "model_type", model_type)
         self._positions_1d = model_type in _PREFIX_SHARING_MODEL_TYPES and text_type in _PREFIX_SHARING_TEXT_TYPES
@@ -339,8 +407,8 @@ class HFEngine:
         return moved
 
     def _collate_left(self, rows: Sequence[list[int]], mms: Sequence[dict | None]):
-        """Left-padded input ids, attention mask, position ids (1-D models) and the rows' image inputs: per-image
-        tensors concatenated in row order, per-token tensors (shape (1, T_row)) left-padded with zeros."""
+        """Left-padded input ids, attention mask, position ids (1-D models) and the rows' image inputs, collated as
+        the processor batches them (collate_image_inputs)."""
         T = max(len(r) for r in rows)
         B = len(rows)
         ids = torch.full((B, T), self._pad_id, dtype=torch.long)
@@ -351,24 +419,7 @@ class HFEngine:
         batch: dict[str, Any] = {"input_ids": ids, "attention_mask": mask}
         if self._positions_1d:
             batch["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)
-        present = [(i, m) for i, m in enumerate(mms) if m]
-        keys: list[str] = []
-        for _, m in present:
-            keys.extend(k for k in m if k not in keys)
-        for k in keys:
-            vals = [(i, m.get(k)) for i, m in present]
-            if any(v is None for _, v in vals):
-                raise ValueError(f"image inputs of one batch differ: {k!r} is missing for some rows")
-            if all(k in _per_token_keys(mms[i], len(rows[i])) for i, _ in vals):
-                first = vals[0][1]
-                padded = torch.zeros((B, T), dtype=first.dtype)
-                for i, v in vals:
-                    padded[i, T - v.shape[1] :] = v[0]
-                batch[k] = padded
-            elif isinstance(vals[0][1], torch.Tensor):
-                batch[k] = torch.cat([v for _, v in vals], dim=0)
-            else:
-                batch[k] = [v for _, v in vals]
+        batch.update(collate_image_inputs(mms, [len(r) for r in rows], T, left=True, model_type=self._model_type))
         return self._move(batch)
 
     # ------------------------------------------------------------------ sampling

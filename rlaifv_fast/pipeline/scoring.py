@@ -31,7 +31,7 @@ from typing import Any, NamedTuple
 import torch
 from tqdm.auto import tqdm
 
-from ..engines.hf import HFEngine, _image_key, _per_token_keys
+from ..engines.hf import HFEngine, _image_key, _per_token_keys, collate_image_inputs
 from .images import ImageInput, load_image
 from ..ops import sequence_logps
 
@@ -154,8 +154,8 @@ def cut_per_token(mm: dict | None, full_len: int, keep: int) -> dict | None:
 
 
 def collate(engine: HFEngine, encoded: Sequence[EncodedResponse]) -> ScoringBatch:
-    """Right-padded input ids, attention mask and labels (-100 on padding), image tensors concatenated in row
-    order (per-token processor outputs right-padded with zeros), moved to the engine's device and dtype."""
+    """Right-padded input ids, attention mask and labels (-100 on padding) and the rows' image inputs collated as
+    the processor batches them (engines.hf.collate_image_inputs), moved to the engine's device and dtype."""
     if not encoded:
         raise ValueError("collate: no responses")
     B, T = len(encoded), max(len(e.input_ids) for e in encoded)
@@ -168,23 +168,8 @@ def collate(engine: HFEngine, encoded: Sequence[EncodedResponse]) -> ScoringBatc
         mask[i, :n] = 1
         labels[i, :n] = torch.tensor(e.labels, dtype=torch.long)
     inputs: dict[str, Any] = {"input_ids": ids, "attention_mask": mask}
-    present = [(i, e.image_inputs) for i, e in enumerate(encoded) if e.image_inputs]
-    keys: list[str] = []
-    for _, m in present:
-        keys.extend(k for k in m if k not in keys)
-    for k in keys:
-        vals = [(i, m.get(k)) for i, m in present]
-        if any(v is None for _, v in vals):
-            raise ValueError(f"image inputs of one batch differ: {k!r} is missing for some rows")
-        if all(k in _per_token_keys(encoded[i].image_inputs, len(encoded[i].input_ids)) for i, _ in vals):
-            padded = torch.zeros((B, T), dtype=vals[0][1].dtype)
-            for i, v in vals:
-                padded[i, : v.shape[1]] = v[0]
-            inputs[k] = padded
-        elif isinstance(vals[0][1], torch.Tensor):
-            inputs[k] = torch.cat([v for _, v in vals], dim=0)
-        else:
-            inputs[k] = [v for _, v in vals]
+    inputs.update(collate_image_inputs([e.image_inputs for e in encoded], [len(e.input_ids) for e in encoded], T,
+                                       left=False, model_type=engine._model_type))
     offset = max(min(e.prompt_len for e in encoded) - 1, 0)
     return ScoringBatch(engine._move(inputs), labels.to(engine.device), offset)
 

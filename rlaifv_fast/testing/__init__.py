@@ -1,5 +1,6 @@
 """Offline test helpers: tiny random-weight models with local tokenizers, built in well under a second."""
 
+from .tiny_llava_next import build_tiny_llava_next
 from .tiny_qwen2vl import build_tiny_qwen2vl
 from .tiny_vlm import (
     TINY_CHAT_TEMPLATE,
@@ -21,6 +22,7 @@ __all__ = [
     "TINY_WORDS",
     "build_tiny_llama",
     "build_tiny_llava",
+    "build_tiny_llava_next",
     "build_tiny_qwen2vl",
     "vllm_key",
     "vllm_state_dict_keys",

@@ -79,6 +79,12 @@ def _llama(out_dir: str | os.PathLike, *, seed: int = 0) -> pathlib.Path:
     return build_tiny_llama(out_dir, seed=seed)
 
 
+def _llava_next(out_dir: str | os.PathLike, *, seed: int = 0) -> pathlib.Path:
+    from .tiny_llava_next import build_tiny_llava_next
+
+    return build_tiny_llava_next(out_dir, seed=seed)
+
+
 def _qwen2vl(out_dir: str | os.PathLike, *, seed: int = 0) -> pathlib.Path:
     from .tiny_qwen2vl import build_tiny_qwen2vl
 
@@ -87,6 +93,8 @@ def _qwen2vl(out_dir: str | os.PathLike, *, seed: int = 0) -> pathlib.Path:
 
 FAMILIES: dict[str, Family] = {
     "llava": Family("LLaVA-1.5", "llava", _llava, multimodal=True, end_token="</s>", vllm=True),
+    "llava_next": Family("LLaVA-NeXT", "llava_next", _llava_next, multimodal=True, end_token="</s>",
+                         notes="anyres: a different number of crops per image"),
     "qwen2_vl": Family("Qwen2-VL", "qwen2_vl", _qwen2vl, multimodal=True, end_token="<|im_end|>"),
     "llama": Family("Llama (text)", "llama", _llama, multimodal=False, end_token="</s>", vllm=True),
 }
