@@ -301,6 +301,37 @@ def test_sample_seeds_change_candidates(engine, images):
         engine.sample(reqs, 0, decoding, run_seed=1)
 
 
+def test_a_sampled_special_token_is_scored_as_sampled(text_engine):
+    """The answer's first token is a special token (<s>), then "red", then the end token: the stored text keeps <s>
+    and leaves out only the end token, so scoring re-tokenizes exactly the sampled tokens (+ the end token it
+    appends). Decoding with skip_special_tokens drops <s>: the scored sequence would be "red" + end."""
+    from rlaifv_fast.pipeline.scoring import encode_triples
+
+    tok = text_engine.tokenizer
+    forced = [tok.bos_token_id, tok.convert_tokens_to_ids("red"), tok.eos_token_id]
+    step = []
+
+    def hook(module, inputs, output):  # the head's output at each generation step: force that step's token
+        output = output.clone()
+        output[:, -1, forced[min(len(step), 2)]] += 1e4
+        step.append(1)
+        return output
+
+    handle = text_engine.model.get_output_embeddings().register_forward_hook(hook)
+    try:
+        greedy = text_engine.greedy([SampleRequest("g", "Describe the image.")], max_new_tokens=5)[0]
+        step.clear()
+        sampled = text_engine.sample([SampleRequest("s", "Describe the image.")], 1,
+                                     DecodingConfig(temperature=1.0, max_new_tokens=5), run_seed=3)[0][0]
+    finally:
+        handle.remove()
+    for s in (greedy, sampled):
+        assert (s.num_tokens, s.finish_reason) == (3, "stop")
+        assert tok(s.text, add_special_tokens=False)["input_ids"] == forced[:2]
+        (enc,) = encode_triples(text_engine, [(None, "Describe the image.", s.text)])
+        assert enc.input_ids[enc.prompt_len :] == forced
+
+
 def test_warp_matches_transformers():
     from transformers import (
         RepetitionPenaltyLogitsProcessor,

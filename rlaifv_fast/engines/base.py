@@ -71,6 +71,17 @@ class YesNoResult:
         return self.logp_yes > self.logp_no  # strict: ties reject
 
 
+def decode_sample(tokenizer, token_ids: Sequence[int], *, stopped: bool) -> str:
+    """The text of generated token ids, written so that tokenizing it again (no special tokens added) gives back
+    the ids: when generation `stopped` at an end token, that last token is left out (scoring appends the end token
+    itself); every other special token the model generated is kept, and spaces are not "cleaned up" (skipping
+    special tokens or cleaning spaces would make the scored sequence differ from the sampled one)."""
+    ids = [int(t) for t in token_ids]
+    if stopped and ids:
+        ids = ids[:-1]
+    return tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+
 @runtime_checkable
 class Engine(Protocol):
     model_name: str

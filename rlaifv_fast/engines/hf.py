@@ -4,7 +4,9 @@
   candidate_seed(run_seed, request_id, index), so a candidate is the same alone or in any batch. transformers'
   generate runs greedy; a logits processor applies repetition penalty, temperature, top-k and top-p itself, samples
   each row with its own generator (exponential race: argmax p / E, E ~ Exp(1), one full-vocabulary draw per row and
-  step) and hands generate scores that are -inf except at the sampled token.
+  step) and hands generate scores that are -inf except at the sampled token. The processor's image / video
+  placeholder tokens are never generated (suppressed), and a candidate's text keeps every special token it sampled
+  but the end token that stopped it (base.decode_sample), so scoring re-tokenizes exactly the sampled tokens.
 - generate(): greedy text-only chat completions (the LLM divide step).
 - yes_no(): "<question> Please answer yes or no." rendered with the chat template and the generation prompt; the
   hidden state of the LAST prompt position only goes through the LM head ((B, V) logits, never (B, T, V)), and the
@@ -28,7 +30,17 @@ import torch
 
 from ..pipeline.images import ImageInput, load_image
 from ..seeds import candidate_seed
-from .base import NO_WORDS, YES_NO_SUFFIX, YES_WORDS, DecodingConfig, Sample, SampleRequest, YesNoRequest, YesNoResult
+from .base import (
+    NO_WORDS,
+    YES_NO_SUFFIX,
+    YES_WORDS,
+    DecodingConfig,
+    Sample,
+    SampleRequest,
+    YesNoRequest,
+    YesNoResult,
+    decode_sample,
+)
 from .prompting import ChatPrompts
 
 # Model types whose prompts use plain 1-D positions and full-attention caches: the prefix-sharing path and explicit
@@ -315,6 +327,8 @@ class HFEngine:
         if pad is None:
             pad = getattr(gen_cfg, "pad_token_id", None)
         self._pad_id = int(pad) if pad is not None else self._eos_ids[0]
+        # image / video placeholders are never generated (see ChatPrompts.placeholder_tokens)
+        self._placeholder_ids = sorted(int(tok.convert_tokens_to_ids(t)) for t in self.prompts.placeholder_tokens())
         # generate() fills unset values from model.generation_config: keep only the token ids, so that no sampling
         # setting, penalty or token suppression of the checkpoint leaks into the engine's own decoding.
         from transformers import GenerationConfig
@@ -497,6 +511,7 @@ class HFEngine:
             min_length=0,
             epsilon_cutoff=0.0,
             eta_cutoff=0.0,
+            suppress_tokens=self._placeholder_ids or None,
         )
         processors = LogitsProcessorList()
         if seeds is not None:
@@ -513,7 +528,7 @@ class HFEngine:
                 count, reason = int(hits[0]) + 1, "stop"
             else:
                 count, reason = int(row.numel()), "length"
-            texts.append(self.tokenizer.decode(row[:count].tolist(), skip_special_tokens=True))
+            texts.append(decode_sample(self.tokenizer, row[:count].tolist(), stopped=reason == "stop"))
             counts.append(count)
             reasons.append(reason)
         return texts, counts, reasons

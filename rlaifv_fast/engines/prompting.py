@@ -64,6 +64,21 @@ class ChatPrompts:
         bos = self.tokenizer.bos_token
         return not (bos and text.startswith(bos))
 
+    def placeholder_tokens(self) -> list[str]:
+        """The tokens the processor expands into image / video / audio features (e.g. <image>, <|image_pad|>,
+        <IMG_CONTEXT>). An answer must never contain one: its text goes back through the processor (feedback,
+        scoring), which would take it for an image. The engines therefore never generate these tokens."""
+        if self.processor is None:
+            return []
+        out = []
+        for attr in ("image_token", "video_token", "audio_token"):
+            token = getattr(self.processor, attr, None)
+            if isinstance(token, str) and token and token not in out:
+                ids = self.tokenizer.convert_tokens_to_ids([token])
+                if ids and ids[0] is not None and ids[0] != self.tokenizer.unk_token_id:
+                    out.append(token)
+        return out
+
     def yes_no_ids(self, yes_words: Sequence[str], no_words: Sequence[str]) -> tuple[list[int], list[int]]:
         """(yes ids, no ids) for this tokenizer (resolved once per word lists); the sets must not overlap."""
         key = (tuple(yes_words), tuple(no_words))

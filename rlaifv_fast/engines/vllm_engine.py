@@ -68,7 +68,17 @@ from typing import Any
 
 from ..pipeline.images import load_image
 from ..seeds import candidate_seed
-from .base import NO_WORDS, YES_NO_SUFFIX, YES_WORDS, DecodingConfig, Sample, SampleRequest, YesNoRequest, YesNoResult
+from .base import (
+    NO_WORDS,
+    YES_NO_SUFFIX,
+    YES_WORDS,
+    DecodingConfig,
+    Sample,
+    SampleRequest,
+    YesNoRequest,
+    YesNoResult,
+    decode_sample,
+)
 from .prompting import ChatPrompts
 
 _GiB = 1 << 30
@@ -156,6 +166,8 @@ class VLLMEngine:
         self.prompts = ChatPrompts.load(source, model_name=self.model_name, **load)
         self.processor, self.tokenizer = self.prompts.processor, self.prompts.tokenizer
         self.multimodal = self.prompts.multimodal
+        # image / video placeholders are never generated (ChatPrompts.placeholder_tokens), as in HFEngine
+        self._bad_words = self.prompts.placeholder_tokens() or None
 
     # ------------------------------------------------------------------ prompts
     def render(self, text: str, *, image: bool) -> str:
@@ -200,10 +212,14 @@ class VLLMEngine:
             repetition_penalty=float(decoding.repetition_penalty),
             max_tokens=int(decoding.max_new_tokens),
             detokenize=False,
+            bad_words=self._bad_words,
         )
 
-    def _decode(self, token_ids: Sequence[int]) -> str:
-        return self.tokenizer.decode(list(token_ids), skip_special_tokens=True)
+    def _decode(self, completion) -> str:
+        """A completion's text as HFEngine writes it (base.decode_sample): the end token it stopped at left out
+        (vLLM keeps it in token_ids; a stop string, never used here, is not a token), other special tokens kept."""
+        stopped = completion.finish_reason == "stop" and not isinstance(completion.stop_reason, str)
+        return decode_sample(self.tokenizer, completion.token_ids, stopped=stopped)
 
     def _sample_slots(self, requests: Sequence[SampleRequest], slots: Sequence[tuple[int, int]],
                       decoding: DecodingConfig, run_seed: int) -> list[Sample]:
@@ -229,7 +245,7 @@ class VLLMEngine:
         for (r, j), seed, out in zip(slots, seeds, outputs):
             c = out.outputs[0]
             reason = "length" if c.finish_reason == "length" else "stop"  # "stop": end of sequence (or stop token)
-            samples.append(Sample(requests[r].request_id, j, seed, self._decode(c.token_ids), len(c.token_ids),
+            samples.append(Sample(requests[r].request_id, j, seed, self._decode(c), len(c.token_ids),
                                   reason))
         return samples
 
@@ -263,13 +279,14 @@ class VLLMEngine:
             text = self.render(req.prompt, image=image is not None)
             texts.append(text)
             prompts.append(self._prompt(text, image))
-        params = self._SamplingParams(n=1, temperature=0.0, max_tokens=int(max_new_tokens), detokenize=False)
+        params = self._SamplingParams(n=1, temperature=0.0, max_tokens=int(max_new_tokens), detokenize=False,
+                                      bad_words=self._bad_words)
         outputs = self._run(prompts, texts, [params] * len(prompts))
         samples = []
         for req, out in zip(requests, outputs):
             c = out.outputs[0]
             reason = "length" if c.finish_reason == "length" else "stop"
-            samples.append(Sample(req.request_id, 0, -1, self._decode(c.token_ids), len(c.token_ids), reason))
+            samples.append(Sample(req.request_id, 0, -1, self._decode(c), len(c.token_ids), reason))
         return samples
 
     def generate(self, prompts: Sequence[str], *, max_new_tokens: int) -> list[str]:
@@ -277,9 +294,10 @@ class VLLMEngine:
         if int(max_new_tokens) < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         texts = [self.render(p, image=False) for p in prompts]
-        params = self._SamplingParams(n=1, temperature=0.0, max_tokens=int(max_new_tokens), detokenize=False)
+        params = self._SamplingParams(n=1, temperature=0.0, max_tokens=int(max_new_tokens), detokenize=False,
+                                      bad_words=self._bad_words)
         outputs = self._run([self._prompt(t, None) for t in texts], texts, [params] * len(texts))
-        return [self._decode(o.outputs[0].token_ids).strip() for o in outputs]
+        return [self._decode(o.outputs[0]).strip() for o in outputs]
 
     # ------------------------------------------------------------------ yes / no
     def token_sets(self, yes_words: Sequence[str] = YES_WORDS, no_words: Sequence[str] = NO_WORDS):
