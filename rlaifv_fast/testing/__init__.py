@@ -1,5 +1,7 @@
 """Offline test helpers: tiny random-weight models with local tokenizers, built in well under a second."""
 
+from .tiny_idefics3 import build_tiny_idefics3, build_tiny_smolvlm
+from .tiny_internvl import build_tiny_internvl
 from .tiny_llava_next import build_tiny_llava_next
 from .tiny_qwen2vl import build_tiny_qwen2vl
 from .tiny_vlm import (
@@ -20,10 +22,13 @@ __all__ = [
     "TINY_IMAGE_TOKENS",
     "TINY_PATCH_SIZE",
     "TINY_WORDS",
+    "build_tiny_idefics3",
+    "build_tiny_internvl",
     "build_tiny_llama",
     "build_tiny_llava",
     "build_tiny_llava_next",
     "build_tiny_qwen2vl",
+    "build_tiny_smolvlm",
     "vllm_key",
     "vllm_state_dict_keys",
 ]

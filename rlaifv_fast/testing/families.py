@@ -73,6 +73,12 @@ def _llava(out_dir: str | os.PathLike, *, seed: int = 0) -> pathlib.Path:
     return build_tiny_llava(out_dir, seed=seed)
 
 
+def _internvl(out_dir: str | os.PathLike, *, seed: int = 0) -> pathlib.Path:
+    from .tiny_internvl import build_tiny_internvl
+
+    return build_tiny_internvl(out_dir, seed=seed)
+
+
 def _llama(out_dir: str | os.PathLike, *, seed: int = 0) -> pathlib.Path:
     from .tiny_vlm import build_tiny_llama
 
@@ -85,6 +91,12 @@ def _llava_next(out_dir: str | os.PathLike, *, seed: int = 0) -> pathlib.Path:
     return build_tiny_llava_next(out_dir, seed=seed)
 
 
+def _smolvlm(out_dir: str | os.PathLike, *, seed: int = 0) -> pathlib.Path:
+    from .tiny_idefics3 import build_tiny_smolvlm
+
+    return build_tiny_smolvlm(out_dir, seed=seed)
+
+
 def _qwen2vl(out_dir: str | os.PathLike, *, seed: int = 0) -> pathlib.Path:
     from .tiny_qwen2vl import build_tiny_qwen2vl
 
@@ -92,10 +104,14 @@ def _qwen2vl(out_dir: str | os.PathLike, *, seed: int = 0) -> pathlib.Path:
 
 
 FAMILIES: dict[str, Family] = {
+    "internvl": Family("InternVL3", "internvl", _internvl, multimodal=True, end_token="<|im_end|>",
+                       notes="transformers-native InternVL (`-hf` checkpoints), not remote code; tiles per image vary"),
     "llava": Family("LLaVA-1.5", "llava", _llava, multimodal=True, end_token="</s>", vllm=True),
     "llava_next": Family("LLaVA-NeXT", "llava_next", _llava_next, multimodal=True, end_token="</s>",
                          notes="anyres: a different number of crops per image"),
     "qwen2_vl": Family("Qwen2-VL", "qwen2_vl", _qwen2vl, multimodal=True, end_token="<|im_end|>"),
+    "smolvlm": Family("SmolVLM", "smolvlm", _smolvlm, multimodal=True, end_token="<end_of_utterance>",
+                      notes="image splitting: a different number of tiles per image; the processor needs num2words"),
     "llama": Family("Llama (text)", "llama", _llama, multimodal=False, end_token="</s>", vllm=True),
 }
 """Key: the id the tests are parametrised by. Add a family here with its builder; every family test runs on it."""
