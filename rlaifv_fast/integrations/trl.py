@@ -1,42 +1,66 @@
-"""TRL's `DPOTrainer` with its label log-probs computed by `rlaifv_fast.sequence_logps`.
+"""TRL's `DPOTrainer` with its per-token log-probs computed by the lm_head-fused op `rlaifv_fast.linear_sequence_logps`.
 
-Supported TRL versions: exactly those in `SUPPORTED_TRL_VERSIONS` (1.16.0). Importing this module, or patching, with
-any other installed TRL raises `ImportError` naming them, because the code below mirrors that release line by line.
+Supported TRL versions
+----------------------
+`SUPPORTED_TRL` (">=1.15.0,<1.17"): the releases whose `DPOTrainer` scores its log-probs through the fused-LM-head
+hook `trl.trainer.utils.add_fused_lm_head` and the `fused_lm_head=True` forward. On PyPI that is 1.15.0 and 1.16.0
+(both tested); 1.14.x and older compute log-probs from full logits in `concatenated_forward` and have no such hook.
+Importing this module, or patching, with any other TRL raises `ImportError` naming the range. Between 1.15.0 and
+1.16.0 the hook differs only in the positions it scores on devices without Triton (1.16.0 scores every position
+there, 1.15.0 runs its Triton kernels only and so does not run on a CPU at all), not in its outputs.
 
-Where TRL 1.16.0 computes DPO log-probs
----------------------------------------
-`DPOTrainer.__init__` (trl/trainer/dpo_trainer.py, lines 954-962) calls `add_fused_lm_head(model, outputs=...)`
-(trl/trainer/utils.py, lines 1548-1698) on the policy (and the reference model). That replaces `model.forward` with
-a closure which, called with `fused_lm_head=True` (`DPOTrainer._compute_loss`, `compute_ref_log_probs` and the
-reference precomputation all do), runs the backbone, shifts the labels, and turns hidden states into per-token label
-log-probs with `ChunkedLogProbFunction` (trl/kernels/chunked_logprob.py): projection through the LM head and
-log-softmax at the label, plus the metric fields `entropy`, `mean_logits`, `is_top1` and, for WPO weighting,
-`log_sum_sq_probs`. `_compute_loss` sums `log_probs[:, -seq_len:]` per sequence (or its LD-DPO split), and the IPO
-and `sigmoid_norm` losses divide those sums by the completion length themselves; the `sft` loss uses the per-token
-values. There is no `concatenated_forward` / `get_batch_logps` / `selective_log_softmax` on that path any more.
+Where TRL computes DPO log-probs
+--------------------------------
+`DPOTrainer.__init__` calls the module-level `add_fused_lm_head(model, outputs=...)` on the policy (the base model
+under PEFT) and on the reference model. That replaces `model.forward` with a closure which, called with
+`fused_lm_head=True` (`_compute_loss`, `compute_ref_log_probs` and the reference precomputation all do), runs the
+backbone, shifts the labels, and turns the hidden states of the scored positions (label != -100) into per-token label
+log-probs with `trl.kernels.ChunkedLogProbFunction`: the LM head projection in (4096 tokens x 32768 vocabulary)
+tiles, logit scale, final-logit soft-capping and temperature, online log-sum-exp in fp32, plus the metric fields
+`entropy`, `mean_logits`, `is_top1` and, for WPO weighting (`use_weighting`), `log_sum_sq_probs`. Everything
+downstream (sums of `log_probs[:, -seq_len:]`, LD-DPO, the IPO / `sigmoid_norm` length normalisation, `sft`, WPO
+weights, the logged metrics) reads that output.
 
 What the patch replaces
 -----------------------
-Only that fused head: `add_fused_logps_lm_head` is a copy of TRL 1.16.0's `add_fused_lm_head` (same signature, same
-`FusedCausalLMOutput`, same shift, masking by `labels != -100`, temperature, logit scale and soft-capping, loss and MoE
-aux loss) in which the single `_ChunkedLogProbFunction.apply(...)` call is replaced by
+Only that fused head: `add_fused_logps_lm_head` is TRL's `add_fused_lm_head` (same signature, same
+`FusedCausalLMOutput`, same shift, masking by `labels != -100`, pre-shifted `shift_labels`, temperature,
+`cast_lm_head_to_fp32`, loss and MoE aux loss) in which `ChunkedLogProbFunction` is replaced by
 
-    logits = hidden[mask] @ W.T (+ b)                        # only the scored positions, (N, V)
-    per_token = sequence_logps(logits[None], labels[mask][None], shift=False, temperature=temperature,
-                               return_per_token=True, inplace_backward=True).per_token[0]
+    head = LMHead.of(model)                                    # weight, bias, logit scale, soft-capping
+    per_token = linear_sequence_logps(hidden[mask], head.weight, labels[mask], bias=head.bias,
+                                      temperature=temperature, logit_scale=..., softcap=...).per_token
 
-and the metric fields are computed from the same logits without gradient, in row chunks of bounded size. The per-token
-log-probs are scattered back to `(B, T-1)` with zeros at masked positions exactly as TRL does, so everything downstream
-(sums, LD-DPO, IPO/`sigmoid_norm` normalisation, `sft`, WPO weights, metrics) is TRL's own unchanged code. The logits
-buffer is created and consumed only here, so the backward writes its gradient over it (`inplace_backward=True`):
-the step holds one `(N, V)` buffer, where TRL's kernel on CPU (its torch fallback, no Triton) holds several `(N, V)`
-fp32 temporaries per token chunk.
+(forward and fused backward: gradients of the hidden states, the weight and the bias, from a saved per-token lse)
+and a no-grad pass for the metric fields asked for (`_metric_fields`: the same projection in bounded blocks of rows x
+vocabulary slices, merged online as TRL's kernel does). The per-token values are scattered back to `(B, T-1)` with
+zeros at masked positions exactly as TRL does, so everything downstream is TRL's own unchanged code. The head's logit
+scale and soft-capping come from `LMHead.of(model)` (`engines/lm_head.py`: the lookup TRL itself does). A scaled or
+soft-capped head needs `linear_sequence_logps(..., logit_scale=, softcap=)`; where the installed op lacks those
+arguments, such a head is refused with ValueError at patch time rather than scored wrongly.
+
+The dtype is TRL's: the projection runs in the autocast dtype when autocast is on (DPOConfig's default on CPU:
+`bf16=True`), else in the hidden states' dtype (fp32 with `cast_lm_head_to_fp32`). The op accumulates in fp32; on the
+CPU path it also keeps the logits in fp32 where TRL rounds them to bf16 first, so under bf16 autocast the log-probs
+differ from TRL's by that rounding (ours are the closer ones).
+
+Memory and compute
+------------------
+The `(N, V)` logits of the N scored tokens never exist, forward or backward. The op holds one bounded logits block
+(CPU: `rlaifv_fast.ops.linear_chunked.CHUNK_BYTES`, 4 MiB; CUDA: Triton tiles) and per-token fp32 vectors; the metric
+pass holds one block of at most `_METRIC_CELLS` values (1M on the CPU, 4 MiB in fp32; 16M elsewhere) and a few
+temporaries of its size. Beyond that the step holds what TRL's holds: the `(N, H)` gathered hidden rows, the gradients
+and, on the CPU path for a bf16/fp16 head, one fp32 copy of the weight. On a CPU this is far less than TRL's torch
+fallback, which keeps a (min(N, 4096), 32768) tile and several fp32 temporaries of that size. The price is compute:
+DPOTrainer always asks for `entropy`, so the metric pass is one more no-grad projection of the scored tokens (five
+head matmuls per policy step where TRL's kernel does four).
 
 Differences from TRL's head, all outside what `DPOTrainer` uses: `entropy` carries no gradient (DPO only logs it,
-detached); the scored positions are always compacted (TRL compacts only on Triton devices; the outputs are identical);
-DeepSpeed ZeRO-3 is refused (`maybe_gather_lm_head_ctx` cannot keep the gathered head alive for autograd's saved
-tensors); on GPU with Triton, TRL's tiles bound the head's memory by 4096 tokens x 32768 vocabulary entries while this
-path holds all N scored tokens' logits (one buffer, reused for the gradient).
+detached); the scored positions are always compacted (as TRL 1.15 everywhere and 1.16 on Triton devices; the outputs
+are identical). DeepSpeed ZeRO-3 is refused (ValueError): TRL's autograd function re-enters
+`maybe_gather_lm_head_ctx` in its backward to re-gather the partitioned head, but `linear_sequence_logps` saves the
+weight for a backward that runs after the gather has ended, when the partitioned parameter is empty, and offers no
+hook to gather it again. FSDP2 (DTensor) heads are gathered with `full_tensor()` as TRL does.
 
 Use
 ---
@@ -52,20 +76,30 @@ from __future__ import annotations
 
 import functools
 import importlib.metadata
+import inspect
 import threading
 import types
 from contextlib import contextmanager, nullcontext
 
 import torch
 import torch.nn.functional as F
+from packaging.specifiers import SpecifierSet
+from packaging.version import InvalidVersion, Version
 
-from ..engines.lm_head import head_transform
-from ..ops.sequence_logps import sequence_logps
+from ..engines.lm_head import LMHead, head_transform
+from ..ops.linear_logps import linear_sequence_logps
 
-SUPPORTED_TRL_VERSIONS: tuple[str, ...] = ("1.16.0",)
+SUPPORTED_TRL = ">=1.15.0,<1.17"
+"""The TRL releases whose DPOTrainer this module patches (see the module docstring)."""
 
-# Rows of (rows, V) fp32 temporaries the no-grad metric pass may hold at once: rows = max(1, _METRIC_CHUNK // V).
-_METRIC_CHUNK = 1 << 22
+# Values of the (rows, vocabulary slice) block the no-grad metric pass holds at once (fp32: 4 bytes each), on the CPU
+# and on other devices; slices are at least _METRIC_MIN_SLICE wide (or V).
+_METRIC_CELLS = {"cpu": 1 << 20}
+_METRIC_CELLS_DEFAULT = 1 << 24
+_METRIC_MIN_SLICE = 256
+
+# Whether the installed op applies a scaled / soft-capped head itself.
+_OP_HEAD_ARGS = {"logit_scale", "softcap"} <= set(inspect.signature(linear_sequence_logps).parameters)
 
 
 def trl_version() -> str | None:
@@ -76,20 +110,24 @@ def trl_version() -> str | None:
         return None
 
 
+def _in_range(version: str) -> bool:
+    """Whether a version string is a release (not a pre- or dev release) within SUPPORTED_TRL."""
+    try:
+        return SpecifierSet(SUPPORTED_TRL).contains(Version(version), prereleases=False)
+    except InvalidVersion:
+        return False
+
+
 def check_trl_version() -> str:
-    """Return the installed TRL version; raise ImportError if TRL is absent or not one of SUPPORTED_TRL_VERSIONS."""
+    """Return the installed TRL version; raise ImportError if TRL is absent or outside SUPPORTED_TRL."""
     found = trl_version()
     if found is None:
+        raise ImportError(f"rlaifv_fast.integrations.trl needs TRL: pip install 'trl{SUPPORTED_TRL}'")
+    if not _in_range(found):
         raise ImportError(
-            "rlaifv_fast.integrations.trl needs TRL: pip install trl=="
-            + SUPPORTED_TRL_VERSIONS[-1]
-            + f" (supported versions: {', '.join(SUPPORTED_TRL_VERSIONS)})"
-        )
-    if found not in SUPPORTED_TRL_VERSIONS:
-        raise ImportError(
-            f"rlaifv_fast.integrations.trl supports TRL {', '.join(SUPPORTED_TRL_VERSIONS)} only (it mirrors that "
-            f"release's DPOTrainer fused LM head), but TRL {found} is installed; install trl=="
-            f"{SUPPORTED_TRL_VERSIONS[-1]}"
+            f"rlaifv_fast.integrations.trl supports TRL {SUPPORTED_TRL} (the releases whose DPOTrainer scores "
+            f"log-probs through the fused LM head add_fused_lm_head, which it replaces), but TRL {found} is "
+            f"installed; pip install 'trl{SUPPORTED_TRL}'"
         )
     return found
 
@@ -98,59 +136,114 @@ check_trl_version()
 
 import transformers  # noqa: E402
 import trl.trainer.dpo_trainer as _trl_dpo  # noqa: E402
-from packaging.version import Version  # noqa: E402
 from torch.distributed.tensor import DTensor  # noqa: E402
 from trl import DPOTrainer  # noqa: E402
-from trl.trainer.utils import FusedCausalLMOutput, maybe_gather_lm_head_ctx  # noqa: E402
+from trl.trainer.utils import FusedCausalLMOutput  # noqa: E402
 
 _MARK = "_rlaifv_fast_fused_logps"
 _DPO_OUTPUTS = ("log_probs", "entropy", "mean_logits", "is_top1")
 _OPTIONAL_OUTPUTS = ("entropy", "log_sum_sq_probs", "mean_logits", "is_top1")
 
 
+_ZERO3_REFUSAL = (
+    "rlaifv_fast's fused DPO log-probs do not support DeepSpeed ZeRO-3: linear_sequence_logps's backward reads the "
+    "lm_head weight after ZeRO-3 has partitioned it again; use TRL's own DPOTrainer there"
+)
+
+
 def _refuse_zero3() -> None:
     from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 
     if is_deepspeed_zero3_enabled():
+        raise ValueError(_ZERO3_REFUSAL)
+
+
+def _head_kwargs(scale: float, softcap: float | None, model_type: str) -> dict:
+    """linear_sequence_logps's keyword arguments for a head's logit scale and soft-capping (none for a plain head);
+    ValueError where the installed op cannot apply them."""
+    if scale == 1.0 and softcap is None:
+        return {}
+    if not _OP_HEAD_ARGS:
         raise ValueError(
-            "rlaifv_fast's fused DPO log-probs do not support DeepSpeed ZeRO-3 (the sharded lm_head would have to "
-            "stay gathered until the backward); use TRL's own DPOTrainer there"
+            f"rlaifv_fast's fused DPO log-probs: this {model_type!r} model's LM head has logit scale {scale} and "
+            f"final-logit soft-capping {softcap}, which this build's linear_sequence_logps cannot apply (it has no "
+            "logit_scale= / softcap= arguments); use TRL's own DPOTrainer for this model"
         )
+    return {"logit_scale": scale, "softcap": softcap}
+
+
+def _metric_blocks(n: int, V: int, device: torch.device) -> tuple[int, int]:
+    """(rows, vocabulary columns) of one metric-pass block: rows * columns <= the device's bound."""
+    cells = _METRIC_CELLS.get(device.type, _METRIC_CELLS_DEFAULT)
+    cols = min(V, max(_METRIC_MIN_SLICE, cells // max(n, 1)))
+    rows = max(1, min(n, cells // cols))
+    return rows, cols
 
 
 @torch.no_grad()
 def _metric_fields(
-    logits: torch.Tensor, targets: torch.Tensor, temperature: float, outputs: tuple[str, ...]
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    targets: torch.Tensor,
+    head: LMHead,
+    temperature: float,
+    outputs: tuple[str, ...],
 ) -> dict[str, torch.Tensor]:
-    """TRL 1.16.0's optional per-token fields (ChunkedLogProbFunction.forward, trl/kernels/chunked_logprob.py) from
-    (N, V) logits already scaled and soft-capped, without gradient, `_METRIC_CHUNK` logits at a time."""
+    """TRL's optional per-token fields (`ChunkedLogProbFunction`: entropy, log sum_v p_v^2, mean logit, whether the
+    label is the first maximum) of z = head.transform(hidden @ weight.T + bias) / temperature, without gradient.
+
+    The projection runs in hidden's dtype (TRL's compute dtype) into blocks of at most `_metric_blocks` values, the
+    statistics in fp32 (fp64 for fp64 inputs), merged over vocabulary slices online as TRL's kernel does."""
     wanted = [name for name in _OPTIONAL_OUTPUTS if name in outputs]
-    N, V = logits.shape
-    out = {
-        name: torch.empty(N, device=logits.device, dtype=torch.bool if name == "is_top1" else torch.float32)
-        for name in wanted
-    }
-    if not wanted or N == 0:
-        return out
-    rows = max(1, _METRIC_CHUNK // max(V, 1))
+    if not wanted:
+        return {}
+    N, V = hidden.shape[0], weight.shape[0]
+    device = hidden.device
+    acc = torch.float64 if hidden.dtype == torch.float64 else torch.float32
+    run_max = torch.full((N,), float("-inf"), device=device, dtype=acc)
+    sum_exp = torch.zeros((N,), device=device, dtype=acc)
+    z_sum_exp = torch.zeros_like(sum_exp)  # sum_v e_v z_v (entropy)
+    sq_sum_exp = torch.zeros_like(sum_exp)  # sum_v e_v^2 (log_sum_sq_probs)
+    z_sum = torch.zeros_like(sum_exp)  # sum_v z_v (mean_logits)
+    best = torch.full((N,), float("-inf"), device=device, dtype=acc)  # is_top1: first maximum and its column
+    best_at = torch.zeros((N,), device=device, dtype=torch.long)
+    rows, cols = _metric_blocks(N, V, device)
     inv_t = 1.0 / temperature
-    for start in range(0, N, rows):
-        end = min(start + rows, N)
-        z = logits[start:end].float() * inv_t
-        log_z = torch.logsumexp(z, dim=-1)
-        if "entropy" in out:
-            # H = log Z - sum_v p_v z_v
-            out["entropy"][start:end] = log_z - (torch.softmax(z, dim=-1) * z).sum(-1)
-        if "log_sum_sq_probs" in out:
-            # log sum_v p_v^2 = logsumexp(2 z) - 2 log Z
-            out["log_sum_sq_probs"][start:end] = torch.logsumexp(2 * z, dim=-1) - 2 * log_z
-        if "mean_logits" in out:
-            out["mean_logits"][start:end] = z.sum(-1) / V
-        if "is_top1" in out:
-            # TRL: target >= max and target > max of the entries before it, i.e. argmax (first maximum) == target
-            out["is_top1"][start:end] = z.argmax(-1) == targets[start:end]
-        del z
-    return out
+    for r0 in range(0, N, rows):
+        r = slice(r0, min(r0 + rows, N))
+        h = hidden[r]
+        for v0 in range(0, V, cols):
+            v1 = min(v0 + cols, V)
+            # as TRL: the projection in the compute dtype, then scale, soft-capping and temperature in fp32
+            z = head.transform(F.linear(h, weight[v0:v1], None if bias is None else bias[v0:v1]).to(acc))
+            if inv_t != 1.0:
+                z = z * inv_t
+            if "mean_logits" in wanted:
+                z_sum[r] += z.sum(-1)
+            block_max, block_at = z.max(-1)  # first maximum of the block
+            if "is_top1" in wanted:
+                later = block_max > best[r]  # a tie with an earlier column keeps that column
+                best[r] = torch.where(later, block_max, best[r])
+                best_at[r] = torch.where(later, block_at + v0, best_at[r])
+            new_max = torch.maximum(run_max[r], block_max)
+            rescale = torch.exp(run_max[r] - new_max)
+            e = torch.exp(z - new_max.unsqueeze(-1))
+            sum_exp[r] = sum_exp[r] * rescale + e.sum(-1)
+            if "entropy" in wanted:
+                z_sum_exp[r] = z_sum_exp[r] * rescale + (e * z).sum(-1)
+            if "log_sum_sq_probs" in wanted:
+                sq_sum_exp[r] = sq_sum_exp[r] * rescale * rescale + (e * e).sum(-1)
+            run_max[r] = new_max
+            del z, e
+    log_z = run_max + torch.log(sum_exp)
+    fields = {
+        "entropy": lambda: (log_z - z_sum_exp / sum_exp).float(),
+        "log_sum_sq_probs": lambda: (torch.log(sq_sum_exp) - 2 * torch.log(sum_exp)).float(),
+        "mean_logits": lambda: (z_sum / V).float(),
+        "is_top1": lambda: best_at == targets,
+    }
+    return {name: fields[name]() for name in wanted}
 
 
 def add_fused_logps_lm_head(
@@ -159,25 +252,27 @@ def add_fused_logps_lm_head(
     cast_lm_head_to_fp32: bool = False,
     outputs: tuple[str, ...] = ("log_probs",),
 ) -> None:
-    """TRL 1.16.0's `add_fused_lm_head` (trl/trainer/utils.py, lines 1548-1698) with the label log-probs computed by
-    `rlaifv_fast.sequence_logps`: `model(..., labels=labels, fused_lm_head=True)` returns TRL's
-    `FusedCausalLMOutput`; without `fused_lm_head` the call goes to the forward the model had before (generation is
-    unchanged). Applying it twice to one model is a no-op. Same arguments as TRL's function."""
+    """TRL's `add_fused_lm_head` with the label log-probs computed by `rlaifv_fast.linear_sequence_logps`:
+    `model(..., labels=labels, fused_lm_head=True)` returns TRL's `FusedCausalLMOutput`; without `fused_lm_head` the
+    call goes to the forward the model had before (generation is unchanged). Applying it twice to one model is a
+    no-op. Same arguments as TRL's function. Raises ValueError under DeepSpeed ZeRO-3 and for a scaled or soft-capped
+    head the installed op cannot apply."""
     check_trl_version()
     _refuse_zero3()
     if getattr(model, _MARK, False):
         return
+    if temperature <= 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    unknown = set(outputs) - {"log_probs", *_OPTIONAL_OUTPUTS}
+    if unknown:
+        raise ValueError(f"outputs: unknown per-token fields {sorted(unknown)}; known: log_probs, {_OPTIONAL_OUTPUTS}")
     previous_forward = model.forward
     text_config = model.config.get_text_config()
-    # --- from here to `_fused_forward`: TRL 1.16.0 trl/trainer/utils.py lines 1575-1595
-    # (logic unchanged, comments dropped) ---
-    # the lookup of TRL's lines 1575-1585, shared with the engines and the trainer
-    logit_scale, final_logit_softcapping = head_transform(model.config)
+    _head_kwargs(*head_transform(model.config), text_config.model_type)  # fail now, not at the first step
+    # --- as TRL's add_fused_lm_head (transformers < 5 names a VLM's language backbone `model`) ---
     backbone_attr = "base_model"
     if text_config is not model.config and Version(transformers.__version__) < Version("5.0.0"):
         backbone_attr = "model"
-    if temperature <= 0:
-        raise ValueError("temperature must be positive")
 
     @functools.wraps(type(model).forward)
     def _fused_forward(
@@ -192,7 +287,7 @@ def add_fused_logps_lm_head(
                 kwargs["num_items_in_batch"] = num_items_in_batch
             return previous_forward(*args, **kwargs)
 
-        # --- TRL 1.16.0 trl/trainer/utils.py lines 1610-1639 (logic unchanged, comments dropped) ---
+        # --- TRL's _fused_forward up to the kernel call (logic unchanged, comments dropped) ---
         kwargs["use_cache"] = False
         if getattr(text_config, "output_router_logits", False):
             kwargs.setdefault("output_router_logits", True)
@@ -203,49 +298,41 @@ def add_fused_logps_lm_head(
         else:
             hidden_states = backbone_outputs.last_hidden_state
             labels = shift_labels
-        lm_head = self.get_output_embeddings()
-        hidden_states = hidden_states.to(lm_head.weight.device)
-        labels = labels.to(lm_head.weight.device)
+        head = LMHead.of(self)  # looked up on each call: FSDP and PEFT replace the head after patching
+        hidden_states = hidden_states.to(head.weight.device)
+        labels = labels.to(head.weight.device)
         mask = labels != -100
         autocast_ctx = nullcontext()
         if cast_lm_head_to_fp32:
             hidden_states = hidden_states.float()
             autocast_ctx = torch.autocast(hidden_states.device.type, enabled=False)
-        weight, bias = lm_head.weight, lm_head.bias
+        weight, bias = head.weight, head.bias
         if isinstance(weight, DTensor):
             weight = weight.full_tensor()
             if bias is not None:
                 bias = bias.full_tensor()
+        if hasattr(weight, "ds_id"):  # partitioned by DeepSpeed ZeRO-3 after patching
+            raise ValueError(_ZERO3_REFUSAL)
 
-        # --- replaces TRL 1.16.0 trl/trainer/utils.py lines 1640-1661 (`_ChunkedLogProbFunction.apply` and the
-        # scatter back): the scored positions' logits, then rlaifv_fast's fused label log-probs ---
-        with autocast_ctx, maybe_gather_lm_head_ctx(weight, bias):
+        # --- replaces ChunkedLogProbFunction and the scatter back: rlaifv_fast's lm_head-fused label log-probs of the
+        # scored positions, the metric fields in a no-grad pass ---
+        with autocast_ctx:
             device_type = hidden_states.device.type
             compute_dtype = (
                 torch.get_autocast_dtype(device_type)
                 if torch.is_autocast_enabled(device_type)
                 else hidden_states.dtype
             )
+            h = hidden_states[mask].to(compute_dtype)
+            w = weight.to(compute_dtype)
+            b = None if bias is None else bias.to(compute_dtype)
             targets = labels[mask]
-            logits = F.linear(
-                hidden_states[mask].to(compute_dtype),
-                weight.to(compute_dtype),
-                None if bias is None else bias.to(compute_dtype),
-            )
-            if logit_scale != 1.0:
-                logits = logits * logit_scale
-            if final_logit_softcapping is not None:
-                logits = final_logit_softcapping * torch.tanh(logits / final_logit_softcapping)
-            # `logits` is a fresh buffer nothing else saves: the backward may write the gradient over it
-            token_logps = sequence_logps(
-                logits.unsqueeze(0),
-                targets.unsqueeze(0),
-                shift=False,
-                temperature=temperature,
-                return_per_token=True,
-                inplace_backward=True,
-            ).per_token[0]
-            fields = _metric_fields(logits, targets, temperature, outputs)
+            with torch.autocast(device_type, enabled=False):  # the dtypes are set: the op's matmuls stay in them
+                token_logps = linear_sequence_logps(
+                    h, w, targets, bias=b, temperature=temperature, return_per_token=True,
+                    **_head_kwargs(head.scale, head.softcap, text_config.model_type),
+                ).per_token
+                fields = _metric_fields(h, w, b, targets, head, temperature, outputs)
         # `masked_scatter` keeps the output connected to the model even when no label is valid (as TRL)
         log_probs = token_logps.new_zeros(mask.shape).masked_scatter(mask, token_logps)
         entropy, log_sum_sq_probs, mean_logits, is_top1 = (
@@ -253,7 +340,7 @@ def add_fused_logps_lm_head(
             for name in _OPTIONAL_OUTPUTS
         )
 
-        # --- TRL 1.16.0 trl/trainer/utils.py lines 1662-1697 (logic unchanged, comments dropped) ---
+        # --- TRL's _fused_forward from the loss on (logic unchanged, comments dropped) ---
         loss = -log_probs.sum() / (mask.sum().clamp(min=1) if num_items_in_batch is None else num_items_in_batch)
         aux_loss = None
         if kwargs.get("output_router_logits"):
@@ -295,8 +382,8 @@ _swap_lock = threading.RLock()
 
 @contextmanager
 def _fused_head_during_init():
-    """Make `DPOTrainer.__init__` (which calls the module-level name `add_fused_lm_head`, TRL 1.16.0
-    trl/trainer/dpo_trainer.py lines 960-962) install our head, for the duration of one constructor call."""
+    """Make `DPOTrainer.__init__` (which calls the module-level name `add_fused_lm_head` of
+    trl/trainer/dpo_trainer.py) install our head, for the duration of one constructor call."""
     with _swap_lock:
         original = _trl_dpo.add_fused_lm_head
         _trl_dpo.add_fused_lm_head = add_fused_logps_lm_head
@@ -315,12 +402,13 @@ class _FusedLogpsMixin:
 
 
 class FusedLogpsDPOTrainer(_FusedLogpsMixin, DPOTrainer):
-    """TRL's `DPOTrainer` (1.16.0) whose policy and reference log-probs come from `rlaifv_fast.sequence_logps`;
-    same constructor, config and results (to float rounding). See the module docstring."""
+    """TRL's `DPOTrainer` (SUPPORTED_TRL) whose policy and reference log-probs come from
+    `rlaifv_fast.linear_sequence_logps`; same constructor, config and results (to float rounding). See the module
+    docstring."""
 
 
 def patch_dpo_trainer(trainer_or_class):
-    """Make a TRL `DPOTrainer` compute its log-probs with `rlaifv_fast.sequence_logps`.
+    """Make a TRL `DPOTrainer` compute its log-probs with `rlaifv_fast.linear_sequence_logps`.
 
     - a `DPOTrainer` instance: its policy (the base model under PEFT) and reference model get our fused head in place
       (their forward, already wrapped by TRL, is wrapped again; generation still reaches the original forward);
@@ -343,7 +431,7 @@ def patch_dpo_trainer(trainer_or_class):
     if not isinstance(trainer_or_class, DPOTrainer):
         raise TypeError(f"patch_dpo_trainer expects a trl.DPOTrainer or subclass, got {type(trainer_or_class)!r}")
     trainer = trainer_or_class
-    # TRL 1.16.0 trl/trainer/dpo_trainer.py lines 957-962
+    # the outputs DPOTrainer.__init__ asks add_fused_lm_head for
     outputs = _DPO_OUTPUTS + (("log_sum_sq_probs",) if trainer.use_weighting else ())
     model = trainer.model
     is_peft = _trl_dpo.is_peft_model(model)
@@ -354,7 +442,7 @@ def patch_dpo_trainer(trainer_or_class):
 
 
 __all__ = [
-    "SUPPORTED_TRL_VERSIONS",
+    "SUPPORTED_TRL",
     "FusedLogpsDPOTrainer",
     "add_fused_logps_lm_head",
     "check_trl_version",
