@@ -70,7 +70,7 @@ class Family:
 def _llava(out_dir: str | os.PathLike, *, seed: int = 0) -> pathlib.Path:
     from .tiny_vlm import build_tiny_llava
 
-    return build_tiny_llava(out_dir, seed=seed)
+    return build_tiny_llava(out_dir, seed=seed, for_vllm=True)  # the published layout, which vLLM loads
 
 
 def _internvl(out_dir: str | os.PathLike, *, seed: int = 0) -> pathlib.Path:
@@ -104,13 +104,13 @@ def _qwen2vl(out_dir: str | os.PathLike, *, seed: int = 0) -> pathlib.Path:
 
 
 FAMILIES: dict[str, Family] = {
-    "internvl": Family("InternVL3", "internvl", _internvl, multimodal=True, end_token="<|im_end|>",
+    "internvl": Family("InternVL3", "internvl", _internvl, multimodal=True, end_token="<|im_end|>", vllm=True,
                        notes="transformers-native InternVL (`-hf` checkpoints), not remote code; tiles per image vary"),
     "llava": Family("LLaVA-1.5", "llava", _llava, multimodal=True, end_token="</s>", vllm=True),
-    "llava_next": Family("LLaVA-NeXT", "llava_next", _llava_next, multimodal=True, end_token="</s>",
+    "llava_next": Family("LLaVA-NeXT", "llava_next", _llava_next, multimodal=True, end_token="</s>", vllm=True,
                          notes="anyres: a different number of crops per image"),
     "qwen2_vl": Family("Qwen2-VL", "qwen2_vl", _qwen2vl, multimodal=True, end_token="<|im_end|>"),
-    "smolvlm": Family("SmolVLM", "smolvlm", _smolvlm, multimodal=True, end_token="<end_of_utterance>",
+    "smolvlm": Family("SmolVLM", "smolvlm", _smolvlm, multimodal=True, end_token="<end_of_utterance>", vllm=True,
                       notes="image splitting: a different number of tiles per image; the processor needs num2words"),
     "llama": Family("Llama (text)", "llama", _llama, multimodal=False, end_token="</s>", vllm=True),
 }

@@ -27,6 +27,7 @@ import os
 import pathlib
 from collections.abc import Iterable
 
+from ..engines.layout import write_hub_layout
 from .tiny_vlm import BOS, EOS, IMAGE, PAD, SPECIAL_TOKENS, _build_tokenizer, _check_words
 
 LLAVA_NEXT_CROP = 32
@@ -146,4 +147,5 @@ def build_tiny_llava_next(
     )
     model.save_pretrained(out, safe_serialization=True)
     processor.save_pretrained(out)
+    write_hub_layout(out)  # the published layout of the CLIP tower, which vLLM loads (engines/layout.py)
     return out
