@@ -212,6 +212,36 @@ def test_collate_left_pads_per_token_inputs(engine):
     assert torch.equal(batch["pixel_values"], torch.cat(pix))
 
 
+@pytest.mark.parametrize("key", ["llava_next", "smolvlm"])
+def test_image_inputs_collate_as_the_processor_batches(key, tmp_path):
+    """Images with different crop / tile counts, processed one by one and collated, equal the processor's own
+    batch of them (LLaVA-NeXT pads crops, SmolVLM pads images and their pixel_attention_mask, with zeros); another
+    model type with such shapes is an error naming the input, not a silent padding."""
+    from transformers import AutoProcessor
+
+    from rlaifv_fast.engines.hf import collate_image_inputs
+    from rlaifv_fast.testing.families import FAMILIES
+
+    fam = FAMILIES[key]
+    processor = AutoProcessor.from_pretrained(fam.build(tmp_path / "model", seed=0))
+    prompt = processor.apply_chat_template([{"role": "user", "content": [{"type": "image"}]}],
+                                           add_generation_prompt=True)
+    images = make_images(3, seed=3)
+    nested = key != "llava_next"  # Idefics3-style processors take a list of images per text
+    singles = [processor(text=[prompt], images=[[im]] if nested else [im], return_tensors="pt") for im in images]
+    batch = processor(text=[prompt] * 3, images=[[im] for im in images] if nested else images, return_tensors="pt",
+                      padding=True)
+    mms = [{k: v for k, v in s.items() if k not in ("input_ids", "attention_mask")} for s in singles]
+    lengths = [s["input_ids"].shape[1] for s in singles]
+    assert len({m["pixel_values"].shape for m in mms}) > 1  # different crop / tile counts
+    got = collate_image_inputs(mms, lengths, max(lengths), left=True, model_type=fam.model_type)
+    assert sorted(got) == sorted(mms[0])
+    for k, v in got.items():
+        assert torch.equal(v, batch[k]), k
+    with pytest.raises(ValueError, match="pixel_values"):
+        collate_image_inputs(mms, lengths, max(lengths), left=True, model_type="llava")
+
+
 def test_text_only_engine(text_engine):
     assert not text_engine.multimodal and isinstance(text_engine, Engine)
     reqs = [YesNoRequest(f"t{j}", q) for j, q in enumerate(QUESTIONS + ["Is it?"])]
