@@ -97,6 +97,17 @@ PYBIND11_MODULE(_C, m) {
       },
       py::call_guard<py::gil_scoped_release>());
   m.def(
+      "cpu_rows_lse",
+      [](const RowsView& x, double inv_temp, uintptr_t out_lse) { cpu::rows_lse(x, inv_temp, as_ptr<void>(out_lse)); },
+      py::call_guard<py::gil_scoped_release>(), "Every row's log-sum-exp of x * inv_temp (no labels).");
+  m.def(
+      "cpu_rows_grad",
+      [](const RowsView& x, const IndexView& y, double inv_temp, uintptr_t coef, uintptr_t lse, const MutRowsView& dx) {
+        cpu::rows_grad(x, y, inv_temp, as_ptr<const void>(coef), as_ptr<const void>(lse), dx);
+      },
+      py::call_guard<py::gil_scoped_release>(),
+      "coef * (onehot - softmax(x * inv_temp)) * inv_temp per row; a label outside [0, V) adds no one-hot.");
+  m.def(
       "cpu_bon_token_rewards",
       [](const RowsView& policy, const RowsView* ref_logits, uintptr_t ref_logps, const IndexView& y,
          int64_t ignore_index, double inv_temp, uintptr_t out_diff) {
@@ -142,6 +153,19 @@ PYBIND11_MODULE(_C, m) {
          const MutRowsView& dx, uintptr_t stream) {
         cuda::token_logps_backward(x, y, ignore_index, inv_temp, as_ptr<const void>(coef), as_ptr<const void>(lse),
                                    dx, stream);
+      },
+      py::call_guard<py::gil_scoped_release>());
+  m.def(
+      "cuda_rows_lse",
+      [](const RowsView& x, double inv_temp, uintptr_t out_lse, uintptr_t stream) {
+        cuda::rows_lse(x, inv_temp, as_ptr<void>(out_lse), stream);
+      },
+      py::call_guard<py::gil_scoped_release>());
+  m.def(
+      "cuda_rows_grad",
+      [](const RowsView& x, const IndexView& y, double inv_temp, uintptr_t coef, uintptr_t lse, const MutRowsView& dx,
+         uintptr_t stream) {
+        cuda::rows_grad(x, y, inv_temp, as_ptr<const void>(coef), as_ptr<const void>(lse), dx, stream);
       },
       py::call_guard<py::gil_scoped_release>());
   m.def(

@@ -7,7 +7,8 @@ import torch
 
 import rlaifv_fast
 from rlaifv_fast.ops import reference
-from oracle import assert_close_rel, make_labels, term_scale
+from oracle import (assert_close_rel, head_logits64, head_slope64, make_labels, oracle_bon_rewards, oracle_sequence,
+                    oracle_yes_no, term_scale)
 
 GRAD_RTOL = {torch.float32: 2e-5, torch.bfloat16: 2.0**-7, torch.float16: 2.0**-9, torch.float64: 1e-12}
 OUT_RTOL = {torch.float32: 1e-5, torch.bfloat16: 1e-5, torch.float16: 1e-5, torch.float64: 1e-12}
@@ -37,9 +38,11 @@ def make_head(B, T, H, V, *, dtype=torch.float32, bias=False, weight_layout="con
 
 def check_linear_case(B, T, H, V, *, dtype=torch.float32, masked=0.2, shift=False, average=False, temperature=1.0,
                       bias=False, per_token=False, weight_layout="contiguous", hidden_layout="contiguous",
-                      flat=False, weight_grad=True, all_masked_rows=(), label_dtype=torch.int64, device="cpu"):
-    """Outputs and gradients (hidden, weight, bias) of linear_sequence_logps against the float64 oracle on
-    hidden @ weight.T + bias, with a random upstream gradient per sequence (and per token when per_token)."""
+                      flat=False, weight_grad=True, all_masked_rows=(), label_dtype=torch.int64, device="cpu",
+                      logit_scale=1.0, softcap=None, backend="auto"):
+    """Outputs and gradients (hidden, weight, bias) of linear_sequence_logps against the float64 oracle on the head's
+    logits (oracle.head_logits64: hidden @ weight.T + bias, logit scale, soft-capping), with a random upstream
+    gradient per sequence (and per token when per_token)."""
     hidden, weight, b = make_head(B, T, H, V, dtype=dtype, bias=bias, weight_layout=weight_layout,
                                   hidden_layout=hidden_layout, flat=flat)
     labels = make_labels(B, 1 if flat else T, V, masked_fraction=masked, dtype=label_dtype)
@@ -54,11 +57,10 @@ def check_linear_case(B, T, H, V, *, dtype=torch.float32, masked=0.2, shift=Fals
     h64 = hidden.detach().double().requires_grad_(True)
     w64 = weight.detach().double().requires_grad_(True)
     b64 = b.detach().double().requires_grad_(True) if b is not None else None
-    z64 = h64 @ w64.T + (b64 if b64 is not None else 0.0)
+    z64 = head_logits64(h64, w64, b64, logit_scale=logit_scale, softcap=softcap)
     z3 = z64.unsqueeze(1) if flat else z64
     y3 = labels.unsqueeze(1) if flat else labels
-    want, want_n, want_tok = reference.sequence_logps_reference(z3, y3, shift=shift, average=average,
-                                                                temperature=temperature)
+    want, want_n, want_tok = oracle_sequence(z3, y3, shift=shift, average=average, temperature=temperature)
     loss64 = (want * g).sum()
     if per_token:
         g_tok = torch.randn(want_tok.shape, dtype=torch.float64)
@@ -69,7 +71,8 @@ def check_linear_case(B, T, H, V, *, dtype=torch.float32, masked=0.2, shift=Fals
     ws = weight.detach().to(device).requires_grad_(weight_grad)
     bs = b.detach().to(device).requires_grad_(True) if b is not None else None
     got = rlaifv_fast.linear_sequence_logps(hs, ws, labels.to(device), bias=bs, shift=shift, average=average,
-                                            temperature=temperature, return_per_token=per_token)
+                                            temperature=temperature, return_per_token=per_token,
+                                            logit_scale=logit_scale, softcap=softcap, backend=backend)
     got = type(got)(*(t.cpu() if t is not None else None for t in got))
     acc = torch.float64 if dtype == torch.float64 else torch.float32
     assert got.logps.dtype == acc and got.counts.dtype == torch.int64
@@ -112,6 +115,9 @@ def check_linear_case(B, T, H, V, *, dtype=torch.float32, masked=0.2, shift=Fals
         p = torch.softmax(x, -1)
         onehot = torch.nn.functional.one_hot(yy.clamp(min=0).long(), V)
         dz_abs = (coef.abs() * mask).unsqueeze(-1) * (p + onehot) / temperature
+        slope = head_slope64(hidden, weight, b, logit_scale=logit_scale, softcap=softcap)
+        slope = slope.unsqueeze(1) if flat else slope
+        dz_abs = dz_abs * (slope[:, :-1] if shift else slope)
         if shift:
             dz_abs = torch.cat([dz_abs, torch.zeros_like(dz_abs[:, :1])], 1)
         dz_abs = dz_abs.reshape(-1, V)
@@ -135,14 +141,16 @@ def check_linear_case(B, T, H, V, *, dtype=torch.float32, masked=0.2, shift=Fals
         assert dh[row].abs().max().item() == 0.0
 
 
-def check_yes_no_case(B, H, V, *, dtype=torch.float32, bias=False, weight_layout="contiguous"):
+def check_yes_no_case(B, H, V, *, dtype=torch.float32, bias=False, weight_layout="contiguous", logit_scale=1.0,
+                      softcap=None, backend="auto"):
     hidden, weight, b = make_head(B, 1, H, V, dtype=dtype, bias=bias, weight_layout=weight_layout, flat=True)
     yes, no = [0, V // 2], [V - 1]
     if V < 3:
         yes, no = [0], [V - 1]
-    got = rlaifv_fast.linear_yes_no_logprobs(hidden, weight, yes, no, bias=b)
-    z = hidden.double() @ weight.double().T + (b.double() if b is not None else 0.0)
-    want_y, want_n = reference.yes_no_logprobs_reference(z, torch.tensor(yes), torch.tensor(no))
+    got = rlaifv_fast.linear_yes_no_logprobs(hidden, weight, yes, no, bias=b, logit_scale=logit_scale, softcap=softcap,
+                                             backend=backend)
+    z = head_logits64(hidden, weight, b, logit_scale=logit_scale, softcap=softcap)
+    want_y, want_n = oracle_yes_no(z, yes, no)
     lse = torch.logsumexp(z, -1)
     scale = lse.abs() + z.abs().max(-1).values
     assert_close_rel(got.logp_yes, want_y, scale, what="logp_yes")
@@ -150,21 +158,26 @@ def check_yes_no_case(B, H, V, *, dtype=torch.float32, bias=False, weight_layout
     assert torch.equal(got.accepted, got.logp_yes > got.logp_no)
 
 
-def check_bon_case(N, T, H, V, *, dtype=torch.float32, shift=True, length_normalize=True, ref_as_logps=False):
+def check_bon_case(N, T, H, V, *, dtype=torch.float32, shift=True, length_normalize=True, ref_as_logps=False,
+                   logit_scale=1.0, softcap=None, ref_head=None, backend="auto"):
+    """ref_head: (ref_logit_scale, ref_softcap) of the reference, or None for the policy's (the op's default)."""
     hp, wp, _ = make_head(N, T, H, V, dtype=dtype)
     hr, wr, _ = make_head(N, T, H + 3, V, dtype=dtype, weight_layout="sliced")
     labels = make_labels(N, T, V, masked_fraction=0.3)
-    zp = (hp.double() @ wp.double().T)
-    zr = (hr.double() @ wr.double().T)
+    ref_scale, ref_cap = ref_head if ref_head is not None else (logit_scale, softcap)
+    zp = head_logits64(hp, wp, logit_scale=logit_scale, softcap=softcap)
+    zr = head_logits64(hr, wr, logit_scale=ref_scale, softcap=ref_cap)
+    heads = {"logit_scale": logit_scale, "softcap": softcap, "backend": backend}
     if ref_as_logps:
         ref_tok = reference.token_logps_reference(zr, labels, shift=shift)[0]
         got = rlaifv_fast.linear_bon_rewards(hp, wp, labels, ref_logps=ref_tok.float(), beta=0.1, groups=2,
-                                             shift=shift, length_normalize=length_normalize)
+                                             shift=shift, length_normalize=length_normalize, **heads)
     else:
+        if ref_head is not None:
+            heads.update(ref_logit_scale=ref_scale, ref_softcap=ref_cap)
         got = rlaifv_fast.linear_bon_rewards(hp, wp, labels, ref_hidden=hr, ref_weight=wr, beta=0.1, groups=2,
-                                             shift=shift, length_normalize=length_normalize)
-    want, counts = reference.bon_rewards_reference(zp, zr, labels, beta=0.1, shift=shift,
-                                                   length_normalize=length_normalize)
+                                             shift=shift, length_normalize=length_normalize, **heads)
+    want, counts = oracle_bon_rewards(zp, zr, labels, beta=0.1, shift=shift, length_normalize=length_normalize)
     assert torch.equal(got.counts, counts)
     scale = 0.1 * (term_scale(zp, labels, shift=shift) + term_scale(zr, labels, shift=shift))
     if length_normalize:

@@ -85,6 +85,43 @@ def test_bon(ref_as_logps):
     check_bon_case(4, 6, 21, 75, ref_as_logps=ref_as_logps)
 
 
+@pytest.mark.parametrize("logit_scale, softcap", [(8.0, None), (0.0625, 0.5), (8.0, 0.5), (-1.5, 3.0)])
+def test_head_transform(logit_scale, softcap):
+    # shift, bias, temperature, masked rows; a cap of 0.5 under scale 8 saturates tanh
+    check_linear_case(2, 7, 37, 130, bias=True, shift=True, temperature=0.7, per_token=True, all_masked_rows=(1,),
+                      logit_scale=logit_scale, softcap=softcap)
+
+
+def test_head_transform_half_precision_yes_no_and_bon():
+    check_linear_case(2, 5, 40, 100, dtype=torch.bfloat16, bias=True, logit_scale=2.0, softcap=5.0)
+    check_yes_no_case(3, 21, 130, bias=True, logit_scale=8.0, softcap=0.5)
+    check_bon_case(4, 6, 21, 75, logit_scale=2.0, softcap=5.0, ref_head=(1.0, None))
+
+
+@pytest.mark.parametrize("softcap", [None, 0.5])
+def test_triton_and_chunked_backends_agree(softcap):
+    """backend="triton" and backend="chunked" (explicit arguments, whatever the environment) give the same
+    outputs and gradients."""
+    torch.manual_seed(3)
+    h = torch.randn(2, 6, 29)
+    w = torch.randn(90, 29) * 0.4
+    b = torch.randn(90)
+    y = torch.randint(0, 90, (2, 6))
+    y[1, 2] = -100
+    g = torch.randn(2)
+    results = {}
+    for backend in ("triton", "chunked"):
+        args = [t.clone().requires_grad_(True) for t in (h, w, b)]
+        out = rlaifv_fast.linear_sequence_logps(args[0], args[1], y, bias=args[2], shift=True, temperature=0.8,
+                                                logit_scale=4.0, softcap=softcap, backend=backend)
+        grads = torch.autograd.grad((out.logps * g).sum(), args)
+        yn = rlaifv_fast.linear_yes_no_logprobs(h[:, 0], w, [1, 2], [3], bias=b, logit_scale=4.0, softcap=softcap,
+                                                backend=backend)
+        results[backend] = (out.logps, *grads, yn.logp_yes, yn.logp_no)
+    for got, want in zip(results["triton"], results["chunked"]):
+        torch.testing.assert_close(got, want, rtol=2e-5, atol=2e-5)
+
+
 def test_invalid_label_is_reported_without_out_of_bounds_reads():
     h, w = torch.randn(2, 3, 8), torch.randn(20, 8)
     y = torch.tensor([[1, 2, 3], [4, 20, -100]])

@@ -37,6 +37,25 @@ def _lse64(x):
     return (m + torch.log(torch.exp(x - m).sum(dim=-1, keepdim=True))).squeeze(-1)
 
 
+def head_logits64(hidden, weight, bias=None, *, logit_scale=1.0, softcap=None):
+    """A model head's logits in float64, written out: softcap * tanh(logit_scale * (h W^T + b) / softcap), or
+    logit_scale * (h W^T + b) without soft-capping (float64 inputs keep their autograd graph)."""
+    a = hidden.double() @ weight.double().T
+    if bias is not None:
+        a = a + bias.double()
+    a = a * logit_scale
+    return softcap * torch.tanh(a / softcap) if softcap is not None else a
+
+
+def head_slope64(hidden, weight, bias=None, *, logit_scale=1.0, softcap=None):
+    """|d logits / d (h W^T + b)| of head_logits64, float64 (no graph): the size factor of the head's gradients."""
+    with torch.no_grad():
+        a = hidden.double() @ weight.double().T + (bias.double() if bias is not None else 0.0)
+        if softcap is None:
+            return torch.full_like(a, abs(logit_scale))
+        return abs(logit_scale) / torch.cosh(logit_scale * a / softcap) ** 2
+
+
 def token_logps64(logits, labels, *, shift=False, temperature=1.0, ignore_index=-100):
     """(B, T') per-token label log-probs, 0 at ignored labels, computed independently in float64."""
     x = logits.double() / temperature

@@ -1,4 +1,5 @@
-// Per-token label log-probs (forward) and their fused gradient (backward) on the CPU.
+// Per-token label log-probs (forward) and their fused gradient (backward) on the CPU; the row-block variants
+// (lse only, gradient with a label possibly outside the block) of the lm_head-fused chunked path.
 #include "../common/dispatch.h"
 #include "../kernels.h"
 #include "token_row.h"
@@ -42,6 +43,41 @@ void token_logps_backward(const RowsView& x, const IndexView& y, int64_t ignore_
           row_grad<T, T>(row_ptr<T>(x, b, t), row_ptr<T>(dx, b, t), x.V, label, coef[r], it, lse[r]);
         },
         [&](int64_t, int64_t b, int64_t t) { row_zero<T>(row_ptr<T>(dx, b, t), x.V); });
+  });
+}
+
+void rows_lse(const RowsView& x, double inv_temp, void* out_lse) {
+  dispatch_float(x.dtype, [&](auto tag) {
+    using T = decltype(tag);
+    using Acc = typename AccOf<T>::type;
+    Acc* lse = static_cast<Acc*>(out_lse);
+    const Acc it = static_cast<Acc>(inv_temp);
+    const int64_t n_rows = x.B * x.T;
+#pragma omp parallel for schedule(guided)
+    for (int64_t r = 0; r < n_rows; ++r) {
+      const int64_t b = r / x.T;
+      lse[r] = lse_value<Acc>(row_lse<T>(row_ptr<T>(x, b, r - b * x.T), x.V, it));
+    }
+  });
+}
+
+void rows_grad(const RowsView& x, const IndexView& y, double inv_temp, const void* coef_v, const void* lse_v,
+               const MutRowsView& dx) {
+  dispatch_float(x.dtype, [&](auto tag) {
+    using T = decltype(tag);
+    using Acc = typename AccOf<T>::type;
+    const Acc* coef = static_cast<const Acc*>(coef_v);
+    const Acc* lse = static_cast<const Acc*>(lse_v);
+    const Acc it = static_cast<Acc>(inv_temp);
+    const int64_t n_rows = x.B * x.T;
+#pragma omp parallel for schedule(guided)
+    for (int64_t r = 0; r < n_rows; ++r) {
+      const int64_t b = r / x.T;
+      const int64_t t = r - b * x.T;
+      int64_t label = label_at(y, b, t);
+      if (label < 0 || label >= x.V) label = -1;  // the label lies in another block of the vocabulary
+      row_grad<T, T>(row_ptr<T>(x, b, t), row_ptr<T>(dx, b, t), x.V, label, coef[r], it, lse[r]);
+    }
   });
 }
 

@@ -1,4 +1,5 @@
-// Per-token label log-probs (forward) and their fused gradient (backward) on CUDA: one block per token row.
+// Per-token label log-probs (forward) and their fused gradient (backward) on CUDA: one block per token row; and the
+// row-block variants of the lm_head-fused chunked path (lse only; gradient with a label possibly in another block).
 #include "../common/dispatch.h"
 #include "../kernels.h"
 #include "row_block.cuh"
@@ -30,25 +31,31 @@ __global__ void token_logps_forward_kernel(RowsView x, IndexView y, int64_t igno
   }
 }
 
+// block_labels: the rows of a vocabulary block (rows_grad): a label outside [0, V) lies in another block, so the row
+// gets the softmax term alone; otherwise such a row is masked (or invalid) and gets zeros.
 template <class T, class Acc = typename AccOf<T>::type>
 __global__ void token_logps_backward_kernel(RowsView x, IndexView y, int64_t ignore_index, Acc inv_temp,
-                                            const Acc* coef, const Acc* lse, MutRowsView dx) {
+                                            const Acc* coef, const Acc* lse, MutRowsView dx, bool block_labels) {
   constexpr int N = PackOf<T>::N;
   const int64_t r = blockIdx.x;
   const int64_t b = r / x.T;
   const int64_t t = r - b * x.T;
-  const int64_t label = label_at(y, b, t);
+  int64_t label = label_at(y, b, t);
   const T* row = row_ptr<T>(x, b, t);
   T* out = row_ptr<T>(dx, b, t);
   const int64_t V = x.V;
   if (classify_label(label, ignore_index, V) != LabelKind::kValid) {
-    for (int64_t i = threadIdx.x; i < V; i += blockDim.x) store(out + i, Acc(0));
-    return;
+    if (block_labels) {
+      label = -1;  // no column of this block is the label
+    } else {
+      for (int64_t i = threadIdx.x; i < V; i += blockDim.x) store(out + i, Acc(0));
+      return;
+    }
   }
   const Acc c = coef[r];
   const Acc l = lse[r];
   // The label entry is read before any write, since an in-place backward has out == row.
-  const Acc x_label = static_cast<Acc>(load(row + label));
+  const Acc x_label = label >= 0 ? static_cast<Acc>(load(row + label)) : Acc(0);
   __syncthreads();
   const bool packs_align = (reinterpret_cast<uintptr_t>(row) & 15) == (reinterpret_cast<uintptr_t>(out) & 15);
   auto grad = [&](Acc xv, int64_t i) { return token_grad<Acc>(xv, i == label, c, inv_temp, l); };
@@ -91,9 +98,44 @@ void token_logps_backward(const RowsView& x, const IndexView& y, int64_t ignore_
     using Acc = typename AccOf<T>::type;
     token_logps_backward_kernel<T><<<grid_for(rows), kThreads, 0, reinterpret_cast<cudaStream_t>(stream)>>>(
         x, y, ignore_index, static_cast<Acc>(inv_temp), static_cast<const Acc*>(coef),
-        static_cast<const Acc*>(lse), dx);
+        static_cast<const Acc*>(lse), dx, false);
   });
   check_launch("token_logps_backward");
+}
+
+template <class T, class Acc = typename AccOf<T>::type>
+__global__ void rows_lse_kernel(RowsView x, Acc inv_temp, Acc* out_lse) {
+  const int64_t r = blockIdx.x;
+  const int64_t b = r / x.T;
+  const Acc lse = block_row_lse<T>(row_ptr<T>(x, b, r - b * x.T), x.V, inv_temp);
+  if (threadIdx.x == 0) out_lse[r] = lse;
+}
+
+void rows_lse(const RowsView& x, double inv_temp, void* out_lse, uintptr_t stream) {
+  const int64_t rows = x.B * x.T;
+  if (rows == 0) return;
+  dispatch_float(x.dtype, [&](auto tag) {
+    using T = decltype(tag);
+    using Acc = typename AccOf<T>::type;
+    rows_lse_kernel<T><<<grid_for(rows), kThreads, 0, reinterpret_cast<cudaStream_t>(stream)>>>(
+        x, static_cast<Acc>(inv_temp), static_cast<Acc*>(out_lse));
+  });
+  check_launch("rows_lse");
+}
+
+void rows_grad(const RowsView& x, const IndexView& y, double inv_temp, const void* coef, const void* lse,
+               const MutRowsView& dx, uintptr_t stream) {
+  const int64_t rows = x.B * x.T;
+  if (rows == 0) return;
+  dispatch_float(x.dtype, [&](auto tag) {
+    using T = decltype(tag);
+    using Acc = typename AccOf<T>::type;
+    // ignore_index -1: a label outside [0, V) (the chunked path passes -1 for "in another block") is no one-hot
+    token_logps_backward_kernel<T><<<grid_for(rows), kThreads, 0, reinterpret_cast<cudaStream_t>(stream)>>>(
+        x, y, int64_t(-1), static_cast<Acc>(inv_temp), static_cast<const Acc*>(coef), static_cast<const Acc*>(lse),
+        dx, true);
+  });
+  check_launch("rows_grad");
 }
 
 }  // namespace cuda

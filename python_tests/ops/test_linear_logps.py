@@ -25,11 +25,16 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import rlaifv_fast
 from rlaifv_fast.ops import _dispatch, linear_chunked
+from rlaifv_fast.ops._linear_backend import LogitTransform
 from linear_cases import check_bon_case, check_linear_case, check_yes_no_case, make_head
-from oracle import make_labels
+from oracle import head_logits64, make_labels
 
 ROOT = Path(__file__).resolve().parents[2]
 ops = torch.ops.rlaifv_fast
+
+
+# (logit_scale, softcap): small and large scales, a cap small enough to saturate tanh, a negative scale
+HEAD_TRANSFORMS = [(0.0625, None), (8.0, None), (1.0, 0.5), (8.0, 0.5), (0.0625, 0.5), (2.0, 5.0), (-1.5, 3.0)]
 
 
 @contextlib.contextmanager
@@ -76,15 +81,16 @@ def test_triton_kernels_compile_for_sm90():
     warps = cfg.pop("num_warps")
     common = {"h_ptr": "*{dt}", "row_off_ptr": "*i64", "count_ptr": "*i32", "stride_hh": "i64", "w_ptr": "*{dt}",
               "stride_wv": "i64", "stride_wh": "i64", "b_ptr": "*{dt}", "y_ptr": "*i32"}
+    transform = {"inv_tau": "fp32", "logit_scale": "fp32", "softcap": "fp32"}
     forward = {"part_m_ptr": "*fp32", "part_s_ptr": "*fp32", "label_z_ptr": "*fp32", "H": "i32", "V": "i32",
-               "v_per_split": "i32", "num_splits": "i32", "inv_tau": "fp32"}
+               "v_per_split": "i32", "num_splits": "i32", **transform}
     backward = {"lse_ptr": "*fp32", "coef_ptr": "*fp32", "dh_ptr": "*fp32", "dw_ptr": "*fp32", "db_ptr": "*fp32",
-                "H": "i32", "V": "i32", "inv_tau": "fp32"}
+                "H": "i32", "V": "i32", **transform}
     for dt in ("bf16", "fp16", "fp32"):
         for fn, args, flags in (
-            (kernels._forward_kernel, forward, {"HAS_BIAS": True, "WITH_LABELS": True}),
-            (kernels._backward_kernel, backward, {"HAS_BIAS": True, "NEED_DH": True, "NEED_DW": True,
-                                                  "NEED_DB": True}),
+            (kernels._forward_kernel, forward, {"HAS_BIAS": True, "HAS_SOFTCAP": True, "WITH_LABELS": True}),
+            (kernels._backward_kernel, backward, {"HAS_BIAS": True, "HAS_SOFTCAP": True, "NEED_DH": True,
+                                                  "NEED_DW": True, "NEED_DB": True}),
         ):
             consts = {**flags, "DOT_FP32": dt == "fp32", **cfg}
             sig = {k: v.format(dt=dt) for k, v in {**common, **args}.items()} | {k: "constexpr" for k in consts}
@@ -113,16 +119,17 @@ def test_triton_kernels_compile_for_sm90():
     weight_layout=st.sampled_from(["contiguous", "sliced", "transposed"]),
     weight_grad=st.booleans(),
     rows=st.sampled_from([1, 7, 64]),
+    head=st.sampled_from([(1.0, None), *HEAD_TRANSFORMS]),
     seed=st.integers(0, 2**31 - 1),
 )
 def test_chunked_matches_oracle(B, T, H, V, dtype, masked, shift, average, temperature, bias, per_token,
-                                weight_layout, weight_grad, rows, seed):
+                                weight_layout, weight_grad, rows, head, seed):
     torch.manual_seed(seed)
     with chunk_bytes(rows * V * 4):  # `rows` logits rows per chunk
         check_linear_case(B, T, H, V, dtype=dtype, masked=masked, shift=shift, average=average,
                           temperature=temperature, bias=bias, per_token=per_token, weight_layout=weight_layout,
                           hidden_layout="strided" if seed % 2 else "contiguous", weight_grad=weight_grad,
-                          all_masked_rows=(0,) if seed % 3 == 0 else ())
+                          all_masked_rows=(0,) if seed % 3 == 0 else (), logit_scale=head[0], softcap=head[1])
 
 
 @pytest.mark.parametrize("layout", ["sliced", "transposed"])
@@ -142,7 +149,8 @@ def test_fp64_stays_fp64():
     check_linear_case(2, 6, 10, 40, dtype=torch.float64, bias=True, per_token=True, shift=True)
 
 
-def test_gradcheck_fp64():
+@pytest.mark.parametrize("logit_scale, softcap", [(1.0, None), (3.0, 2.0)])
+def test_gradcheck_fp64(logit_scale, softcap):
     h = torch.randn(2, 4, 5, dtype=torch.float64, requires_grad=True)
     w = torch.randn(7, 5, dtype=torch.float64, requires_grad=True)
     b = torch.randn(7, dtype=torch.float64, requires_grad=True)
@@ -150,7 +158,7 @@ def test_gradcheck_fp64():
 
     def f(h, w, b):
         out = rlaifv_fast.linear_sequence_logps(h, w, y, bias=b, shift=True, average=True, temperature=1.3,
-                                                return_per_token=True)
+                                                return_per_token=True, logit_scale=logit_scale, softcap=softcap)
         return out.logps, out.per_token
 
     with chunk_bytes(2 * 7 * 8):
@@ -163,6 +171,49 @@ def test_yes_no_and_bon():
         check_yes_no_case(4, 8, 2)
         check_bon_case(6, 12, 20, 700)
         check_bon_case(6, 12, 20, 700, ref_as_logps=True, length_normalize=False, shift=False)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# the head transform: logit scale and final-logit soft-capping (then the temperature)
+
+@pytest.mark.parametrize("logit_scale, softcap", HEAD_TRANSFORMS)
+def test_head_transform_matches_oracle(logit_scale, softcap):
+    # 3 rows x 256 columns per buffer (1 row with the backward's two buffers): many blocks and vocabulary slices
+    with chunk_bytes(3 * 256 * 4):
+        check_linear_case(2, 13, 24, 700, bias=True, shift=True, temperature=0.7, per_token=True, masked=0.2,
+                          all_masked_rows=(1,), logit_scale=logit_scale, softcap=softcap)
+        check_linear_case(3, 5, 16, 300, average=True, logit_scale=logit_scale, softcap=softcap, weight_grad=False)
+
+
+def test_head_transform_half_precision_and_large_logits():
+    with chunk_bytes(4 * 300 * 4):
+        check_linear_case(2, 9, 40, 300, dtype=torch.bfloat16, bias=True, shift=True, logit_scale=2.0, softcap=5.0)
+        check_linear_case(2, 9, 40, 300, dtype=torch.float16, softcap=0.5, per_token=True)
+        # logits of a few hundred: the lse and the saturated cap must stay finite and exact
+        check_linear_case(2, 9, 40, 300, logit_scale=8.0, temperature=0.5, bias=True, per_token=True)
+        check_linear_case(2, 9, 40, 300, logit_scale=8.0, softcap=50.0, temperature=0.5, per_token=True)
+
+
+def test_head_transform_of_yes_no_and_bon():
+    with chunk_bytes(3 * 700 * 4):
+        check_yes_no_case(10, 33, 700, bias=True, logit_scale=8.0, softcap=0.5)
+        check_yes_no_case(4, 8, 300, logit_scale=0.0625, weight_layout="sliced")
+        check_bon_case(6, 12, 20, 700, logit_scale=2.0, softcap=5.0)
+        check_bon_case(6, 12, 20, 700, logit_scale=2.0, softcap=5.0, ref_head=(1.0, None))  # reference uncapped
+        check_bon_case(6, 12, 20, 700, softcap=0.5, ref_as_logps=True, shift=False)
+
+
+def test_lm_head_op_kwargs_match_the_models_logits():
+    """LMHead.op_kwargs() passed to the op gives the log-probs of LMHead.logits (the one head definition)."""
+    from rlaifv_fast.engines.lm_head import LMHead
+
+    hidden, weight, bias = make_head(2, 6, 12, 90, bias=True)
+    labels = make_labels(2, 6, 90)
+    for scale, cap in ((1.0, None), (0.25, None), (1.0, 3.0), (4.0, 1.5)):
+        head = LMHead(weight, bias, scale, cap)
+        got = rlaifv_fast.linear_sequence_logps(hidden, weight, labels, bias=bias, **head.op_kwargs())
+        want = rlaifv_fast.sequence_logps(head.logits(hidden), labels)
+        torch.testing.assert_close(got.logps, want.logps, rtol=1e-5, atol=1e-5)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -188,7 +239,10 @@ class _Allocations(TorchDispatchMode):
         return out
 
 
-def test_chunked_path_never_allocates_the_logits():
+@pytest.mark.parametrize("softcap", [None, 5.0])
+def test_chunked_path_never_allocates_the_logits(softcap):
+    # with soft-capping the backward holds two buffers (logits and the cap's slope) within the same bound
+    transform = LogitTransform(logit_scale=0.5, softcap=softcap)
     B, T, H, V = 2, 200, 16, 5000
     bound = 64 << 10  # 3 logits rows per chunk
     hidden, weight, bias = make_head(B, T, H, V, bias=True)
@@ -197,12 +251,12 @@ def test_chunked_path_never_allocates_the_logits():
     logits_bytes = N * V * 4
     with chunk_bytes(bound):
         with _Allocations() as fwd:  # what the custom ops' bodies run, op by op
-            tok, lse, bad = _dispatch.linear_token_logps(hidden, weight, bias, labels, -100, True, 1.0)
+            tok, lse, bad = _dispatch.linear_token_logps(hidden, weight, bias, labels, -100, True, transform)
         assert bad is None
         g = torch.randn(B, T - 1)
         with _Allocations() as bwd:
             dh, dw, db = _dispatch.linear_token_logps_backward(
-                g, hidden, weight, bias, labels, lse, -100, True, 1.0, (True, True, True)
+                g, hidden, weight, bias, labels, lse, -100, True, transform, (True, True, True)
             )
     required = {"d_weight": V * H * 4, "d_hidden": B * T * H * 4}
     for phase, record in (("forward", fwd), ("backward", bwd)):
@@ -214,13 +268,15 @@ def test_chunked_path_never_allocates_the_logits():
             )
         # the logits live in the one bounded buffer, a small fraction of the (N, V) logits
         n_valid = int((labels[:, 1:] != -100).sum())
+        buffers = 2 if phase == "backward" and softcap is not None else 1
         with chunk_bytes(bound):
-            rows, cols = linear_chunked._blocks(n_valid, V, torch.float32)
-        assert rows * cols * 4 <= bound and rows * cols * 4 < logits_bytes // 20
-        assert any(shape == (rows * cols,) for _, _, shape in record.sizes), "no chunk buffer seen"
+            rows, cols = linear_chunked._blocks(n_valid, V, torch.float32, buffers=buffers)
+        assert buffers * rows * cols * 4 <= bound and rows * cols * 4 < logits_bytes // 20
+        seen = sum(shape == (rows * cols,) for _, _, shape in record.sizes)
+        assert seen == buffers, f"{phase}: {seen} chunk buffers seen, expected {buffers}"
     assert max(required.values()) < logits_bytes // 10  # the shapes make the check meaningful
     # and the result is still right
-    want = (hidden.double() @ weight.double().T + bias.double()).log_softmax(-1)[:, :-1]
+    want = head_logits64(hidden, weight, bias, logit_scale=0.5, softcap=softcap).log_softmax(-1)[:, :-1]
     y = labels[:, 1:]
     want_tok = torch.where(y != -100, want.gather(-1, y.clamp(min=0)[..., None])[..., 0], 0.0)
     torch.testing.assert_close(tok.double(), want_tok, rtol=1e-5, atol=1e-5)
@@ -247,15 +303,21 @@ def test_opcheck():
     labels = make_labels(2, 5, 37, masked_fraction=0.3)
     h = hidden.requires_grad_(True)
     w = weight.requires_grad_(True)
-    torch.library.opcheck(ops.linear_token_logps.default, (h, w, bias, labels, -100, True, 1.5))
-    torch.library.opcheck(ops.linear_token_logps.default, (h, w, None, labels, -100, False, 1.0))
-    tok, lse = ops.linear_token_logps(h.detach(), w.detach(), bias, labels, -100, True, 1.5)
-    g = torch.randn_like(tok)
-    for need in ((True, True, True), (True, False, False), (False, True, False)):
-        torch.library.opcheck(ops.linear_token_logps_backward.default,
-                              (g, h.detach(), w.detach(), bias, labels, lse, -100, True, 1.5, *need))
-    torch.library.opcheck(ops.linear_yes_no_logprobs.default,
-                          (hidden[:, 0].detach(), weight.detach(), bias, torch.tensor([1, 4]), torch.tensor([2])))
+    # (temperature, logit scale, soft-capping (0.0: none), backend)
+    for options in ((1.5, 1.0, 0.0, "auto"), (1.0, 1.0, 0.0, "chunked"), (0.7, 8.0, 0.5, "auto"),
+                    (1.0, 0.0625, 0.0, "chunked")):
+        torch.library.opcheck(ops.linear_token_logps.default, (h, w, bias, labels, -100, True, *options))
+    torch.library.opcheck(ops.linear_token_logps.default, (h, w, None, labels, -100, False, 1.0, 2.0, 5.0, "auto"))
+    for options in ((1.5, 1.0, 0.0, "auto"), (0.7, 8.0, 0.5, "chunked")):
+        tok, lse = ops.linear_token_logps(h.detach(), w.detach(), bias, labels, -100, True, *options)
+        g = torch.randn_like(tok)
+        for need in ((True, True, True), (True, False, False), (False, True, False)):
+            torch.library.opcheck(ops.linear_token_logps_backward.default,
+                                  (g, h.detach(), w.detach(), bias, labels, lse, -100, True, *options, *need))
+    for options in ((1.0, 0.0, "auto"), (8.0, 0.5, "chunked")):
+        torch.library.opcheck(ops.linear_yes_no_logprobs.default,
+                              (hidden[:, 0].detach(), weight.detach(), bias, torch.tensor([1, 4]), torch.tensor([2]),
+                               *options))
 
 
 def test_compile_fullgraph():
@@ -265,7 +327,8 @@ def test_compile_fullgraph():
     g = torch.randn(3)
 
     def step(h, w, b):
-        out = rlaifv_fast.linear_sequence_logps(h, w, labels, bias=b, shift=True, average=True)
+        out = rlaifv_fast.linear_sequence_logps(h, w, labels, bias=b, shift=True, average=True, logit_scale=0.5,
+                                                softcap=3.0)
         return (out.logps * g).sum()
 
     def grads(fn):
@@ -334,6 +397,57 @@ def test_bad_inputs_of_yes_no_and_bon():
         rlaifv_fast.linear_bon_rewards(h, w, y, ref_hidden=h, ref_weight=torch.randn(21, 8), beta=0.1)
     with pytest.raises(ValueError, match=r"ref_logps .*must be a float tensor of shape \(2, 2\)"):
         rlaifv_fast.linear_bon_rewards(h, w, y, ref_logps=torch.randn(2, 3), beta=0.1, shift=True)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"softcap": -1.0}, r"softcap must be None \(no soft-capping\) or a finite number > 0, got -1.0"),
+    ({"softcap": 0.0}, r"softcap must be None .* > 0, got 0.0"),
+    ({"softcap": float("nan")}, "softcap must be a finite number, got nan"),
+    ({"softcap": float("inf")}, "softcap must be a finite number, got inf"),
+    ({"logit_scale": 0.0}, "logit_scale must be nonzero"),
+    ({"logit_scale": float("inf")}, "logit_scale must be a finite number, got inf"),
+    ({"logit_scale": float("nan")}, "logit_scale must be a finite number, got nan"),
+    ({"logit_scale": "2"}, "logit_scale must be a finite number, got '2'"),
+    ({"backend": "fastest"}, "backend must be one of 'auto', 'triton', 'chunked', got 'fastest'"),
+])
+def test_bad_head_transform_and_backend(kwargs, match):
+    h, w, _ = make_head(2, 3, 8, 20)
+    y = make_labels(2, 3, 20)
+    with pytest.raises(ValueError, match=match):
+        rlaifv_fast.linear_sequence_logps(h, w, y, **kwargs)
+    with pytest.raises(ValueError, match=match):
+        rlaifv_fast.linear_yes_no_logprobs(h[:, 0], w, [1], [2], **kwargs)
+    with pytest.raises(ValueError, match=match):
+        rlaifv_fast.linear_bon_rewards(h, w, y, ref_hidden=h, ref_weight=w, beta=0.1, **kwargs)
+    ref_kwargs = {("ref_" + k if k != "backend" else k): v for k, v in kwargs.items()}
+    with pytest.raises(ValueError, match=match.replace("logit_scale", "ref_logit_scale").replace("softcap",
+                                                                                                   "ref_softcap")):
+        rlaifv_fast.linear_bon_rewards(h, w, y, ref_hidden=h, ref_weight=w, beta=0.1, **ref_kwargs)
+
+
+def test_reference_head_without_reference_hidden_states_is_an_error():
+    h, w, _ = make_head(2, 3, 8, 20)
+    y = make_labels(2, 3, 20)
+    with pytest.raises(ValueError, match="ref_softcap applies to ref_hidden's head"):
+        rlaifv_fast.linear_bon_rewards(h, w, y, ref_logps=torch.zeros(2, 3), beta=0.1, ref_softcap=None)
+
+
+def test_explicit_backend_argument(monkeypatch):
+    """backend= wins over the environment; "chunked" runs the chunked path, "triton" needs the interpreter here."""
+    hidden, weight, bias = make_head(2, 5, 12, 40, bias=True)
+    labels = make_labels(2, 5, 40)
+    monkeypatch.setenv(_dispatch.LINEAR_BACKEND_ENV, "fastest")  # never read: the argument decides
+    got = rlaifv_fast.linear_sequence_logps(hidden, weight, labels, bias=bias, backend="chunked", softcap=2.0)
+    want = rlaifv_fast.sequence_logps(2.0 * torch.tanh((hidden @ weight.T + bias) / 2.0), labels)
+    torch.testing.assert_close(got.logps, want.logps, rtol=1e-5, atol=1e-5)
+    assert _dispatch.linear_backend_for(torch.device("cpu"), torch.float32, "chunked") is \
+        _dispatch.LinearBackend.CHUNKED
+    assert _dispatch.linear_kernels(torch.device("cpu"), torch.float32, "chunked") is linear_chunked
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        with pytest.raises(RuntimeError, match="backend=triton on cpu tensors needs TRITON_INTERPRET=1"):
+            rlaifv_fast.linear_sequence_logps(hidden, weight, labels, backend="triton")
+    with pytest.raises(ValueError, match="backend=triton: the Triton kernels take fp32/bf16/fp16, not float64"):
+        rlaifv_fast.linear_sequence_logps(hidden.double(), weight.double(), labels, backend="triton")
 
 
 def test_backend_switch(monkeypatch):

@@ -304,7 +304,18 @@ def test_one_lm_head_definition_and_soft_capping(tmp_path):
                          output_dir=str(tmp_path / "run"))
     result = train_dpo(tmp_path / "ref.parquet", folder, config)
     assert result.metrics[0]["loss"] == pytest.approx(math.log(2), abs=1e-5)
-    # the fused lm_head path computes h W^T + b, without the soft-capping: refused, never silently wrong
-    with pytest.raises(ValueError, match=r"lm_head_chunked does not apply this model's .*soft-capping 5.0"):
-        train_dpo(tmp_path / "ref.parquet", folder,
-                  dataclasses.replace(config, logps_path="lm_head_chunked", output_dir=str(tmp_path / "run2")))
+    # the fused lm_head path applies the same soft-capping (LMHead.op_kwargs): it agrees with the reference too
+    fused = train_dpo(tmp_path / "ref.parquet", folder,
+                      dataclasses.replace(config, logps_path="lm_head_chunked", output_dir=str(tmp_path / "run2")))
+    assert fused.metrics[0]["loss"] == pytest.approx(math.log(2), abs=1e-5)
+    # and the two paths give the same per-sequence policy log-probs, with the cap active (logits past it)
+    from rlaifv_fast.pipeline.scoring import Triple, collate, encode_triples
+    from rlaifv_fast.pipeline.train.trainer import _policy_logps
+
+    engine = HFEngine(folder, dtype="float32")
+    batch = collate(engine, encode_triples(engine, [Triple(None, q, c) for q, c, _ in PAIRS[:3]]))
+    with torch.no_grad():
+        raw = engine.model(**batch.inputs, output_hidden_states=True).hidden_states[-1]
+        assert (torch.nn.functional.linear(raw, head.weight).abs() > 2 * head.softcap).any()  # tanh saturates
+        paths = {p: _policy_logps(engine.model, batch, ipo=False, path=p) for p in ("logits", "lm_head_chunked")}
+    torch.testing.assert_close(paths["lm_head_chunked"], paths["logits"], rtol=0, atol=1e-5)

@@ -46,8 +46,13 @@ class LMHead:
 
     @property
     def plain(self) -> bool:
-        """Logits are exactly h W^T + b (what the lm_head-fused ops compute)."""
+        """Logits are exactly h W^T + b (no scale, no soft-capping)."""
         return self.scale == 1.0 and self.softcap is None
+
+    def op_kwargs(self) -> dict[str, float | None]:
+        """The head transform as the lm_head-fused ops take it (rlaifv_fast.linear_sequence_logps and the others):
+        {"logit_scale": ..., "softcap": ...}, so every caller passes the same thing."""
+        return {"logit_scale": self.scale, "softcap": self.softcap}
 
     def transform(self, logits: torch.Tensor) -> torch.Tensor:
         """The scale and the soft-capping on raw head outputs."""

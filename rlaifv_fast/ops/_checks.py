@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from .._native import FLOAT_CODES, INDEX_CODES
+from ._linear_backend import BACKEND_CHOICES
 
 
 def _describe(name: str, t: torch.Tensor) -> str:
@@ -71,6 +72,33 @@ def check_temperature(temperature: float) -> float:
     if not isinstance(temperature, (int, float)) or not math.isfinite(temperature) or temperature <= 0:
         raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
     return float(temperature)
+
+
+def _finite_number(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def check_logit_transform(logit_scale: object, softcap: object, *, scale_name: str = "logit_scale",
+                          softcap_name: str = "softcap") -> tuple[float, float | None]:
+    """(logit scale, soft-capping or None) of the lm_head-fused ops: the scale finite and nonzero, the soft-capping
+    None or finite > 0."""
+    scale = _finite_number(scale_name, logit_scale)
+    if scale == 0.0:
+        raise ValueError(f"{scale_name} must be nonzero (all logits would be 0), got {logit_scale!r}")
+    if softcap is None:
+        return scale, None
+    cap = _finite_number(softcap_name, softcap)
+    if cap <= 0:
+        raise ValueError(f"{softcap_name} must be None (no soft-capping) or a finite number > 0, got {softcap!r}")
+    return scale, cap
+
+
+def check_linear_backend(backend: object) -> str:
+    if not isinstance(backend, str) or backend not in BACKEND_CHOICES:
+        raise ValueError(f"backend must be one of {', '.join(map(repr, BACKEND_CHOICES))}, got {backend!r}")
+    return backend
 
 
 def invalid_label_error(labels: torch.Tensor, flat: int, T: int, *, shift: bool, V: int, ignore_index: int):

@@ -1,11 +1,12 @@
-"""The one place that chooses a backend: native CPU kernels for CPU tensors, native CUDA kernels for CUDA tensors when
-the build has them, the pure-PyTorch reference elsewhere (with a one-time warning). Every op's custom-op body calls
-these functions; nothing else touches ``rlaifv_fast._C``.
+"""The dispatch point of every op: the custom-op bodies call these functions, which run the native kernels that serve
+the tensors' device (chosen by rlaifv_fast.ops._kernels.backend_for: native CPU kernels, native CUDA kernels when the
+build has them, the pure-PyTorch reference elsewhere) and turn their reports into results.
 
-The lm_head-fused log-probs (linear_logps.py) have their own two backends, chosen here too (see
-``linear_backend_for``): the Triton kernels of ``rlaifv_fast.ops.triton.linear_logps`` for CUDA tensors, and the
-chunked path of ``rlaifv_fast.ops.linear_chunked`` (bounded logits chunks through the sequence_logps kernels above)
-everywhere else.
+The lm_head-fused log-probs (linear_logps.py) have their own two backends behind one contract
+(rlaifv_fast.ops._linear_backend.LinearKernels), resolved here and only here (``linear_kernels``): the Triton kernels
+of ``rlaifv_fast.ops.triton.linear_logps`` for CUDA tensors, and the chunked path of
+``rlaifv_fast.ops.linear_chunked`` (bounded logits chunks through the native row-block kernels) everywhere else, or
+as the caller's `backend=` says.
 
 Outputs are of the accumulation dtype: float32, or float64 for float64 logits.
 """
@@ -13,86 +14,14 @@ Outputs are of the accumulation dtype: float32, or float64 for float64 logits.
 from __future__ import annotations
 
 import contextlib
-import enum
 import os
-import warnings
 
 import torch
 
 from .. import _native
 from . import reference
-
-
-class Backend(enum.Enum):
-    CPU = "cpu"
-    CUDA = "cuda"
-    REFERENCE = "reference"
-
-
-_warned: set[str] = set()
-
-
-_forced: list[Backend] = []
-
-
-@contextlib.contextmanager
-def force_backend(backend: Backend | str):
-    """Within the block, every op of the logits-level family runs on `backend` (e.g. "reference", the pure-PyTorch
-    oracle path), whatever the device: for tests and for comparing the paths."""
-    _forced.append(Backend(backend))
-    try:
-        yield
-    finally:
-        _forced.pop()
-
-
-def backend_for(device: torch.device) -> Backend:
-    if _forced:
-        return _forced[-1]
-    if device.type == "cpu":
-        _native.native()  # a clear error when the package was not built
-        return Backend.CPU
-    if device.type == "cuda" and _native.cuda_compiled():
-        return Backend.CUDA
-    if device.type not in _warned:
-        _warned.add(device.type)
-        warnings.warn(
-            f"rlaifv_fast has no native kernels for device type {device.type!r} in this build; "
-            "using the pure-PyTorch reference (correct, but slower and memory-hungry)",
-            stacklevel=3,
-        )
-    return Backend.REFERENCE
-
-
-def acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def _error_slot(device: torch.device) -> torch.Tensor:
-    return torch.full((1,), _native.NO_ERROR, dtype=torch.int64, device=device)
-
-
-def _read_error(err: torch.Tensor) -> int | None:
-    bad = int(err.item())  # the one host sync: the kernel reports, Python raises after it
-    return None if bad == _native.NO_ERROR else bad
-
-
-def _launch(kernel: str, device: torch.device, backend: Backend, *args, reports_errors: bool = True) -> int | None:
-    """The one launcher of the native kernels: `cpu_<kernel>(*args)` (which returns the first invalid flat position,
-    or NO_ERROR), or `cuda_<kernel>(*args[, error slot], stream)` on the tensors' device and current stream (the
-    kernel writes the position into the error slot; it is read back after the launch). Returns that position or
-    None."""
-    C = _native.native()
-    if backend is Backend.CPU:
-        bad = getattr(C, f"cpu_{kernel}")(*args)
-        return None if not reports_errors or bad is None or bad == _native.NO_ERROR else bad
-    with torch.cuda.device(device):  # kernels launch on the current device
-        if not reports_errors:
-            getattr(C, f"cuda_{kernel}")(*args, _native.cuda_stream(device))
-            return None
-        err = _error_slot(device)
-        getattr(C, f"cuda_{kernel}")(*args, err.data_ptr(), _native.cuda_stream(device))
-    return _read_error(err)
+from ._kernels import Backend, acc_dtype, backend_for, force_backend, launch  # noqa: F401 (force_backend: re-exported)
+from ._linear_backend import BACKEND_CHOICES, LinearBackend, LinearKernels, LogitTransform
 
 
 def _shifted(logits: torch.Tensor, labels: torch.Tensor, shift: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -125,7 +54,7 @@ def token_logps(
     out_lse = torch.empty_like(out_logp)
     if out_logp.numel() == 0:
         return out_logp, out_lse, None
-    bad = _launch("token_logps_forward", x.device, backend, _native.rows_view(x), _native.index_view(y), ignore_index,
+    bad = launch("token_logps_forward", x.device, backend, _native.rows_view(x), _native.index_view(y), ignore_index,
                   1.0 / temperature, out_logp.data_ptr(), out_lse.data_ptr())
     return out_logp, out_lse, bad
 
@@ -167,7 +96,7 @@ def token_logps_backward(
     if backend is Backend.REFERENCE:
         dx.copy_(reference.token_logps_grad_reference(coef, x, y, ignore_index=ignore_index, temperature=temperature))
         return
-    _launch("token_logps_backward", x.device, backend, _native.rows_view(x), _native.index_view(y), ignore_index,
+    launch("token_logps_backward", x.device, backend, _native.rows_view(x), _native.index_view(y), ignore_index,
             1.0 / temperature, coef.data_ptr(), lse.contiguous().data_ptr(), _native.mut_rows_view(dx),
             reports_errors=False)
 
@@ -203,7 +132,7 @@ def bon_token_rewards(
     if ref_logps is not None:
         ref_logps = ref_logps.to(out.dtype).contiguous()
         ref_tok_ptr = ref_logps.data_ptr()
-    bad = _launch("bon_token_rewards", x.device, backend, _native.rows_view(x),
+    bad = launch("bon_token_rewards", x.device, backend, _native.rows_view(x),
                   _native.rows_view(xr) if xr is not None else None, ref_tok_ptr, _native.index_view(y), ignore_index,
                   1.0 / temperature, out.data_ptr())
     return out, bad
@@ -228,7 +157,7 @@ def yes_no(
     out_no = torch.empty_like(out_yes)
     if B == 0:
         return out_yes, out_no, None
-    bad = _launch("yes_no_logprobs", logits.device, backend, _native.rows_view(logits),
+    bad = launch("yes_no_logprobs", logits.device, backend, _native.rows_view(logits),
                   _native.index_view(positions) if positions is not None else None, yes_ids.data_ptr(),
                   yes_ids.numel(), no_ids.data_ptr(), no_ids.numel(), out_yes.data_ptr(), out_no.data_ptr())
     return out_yes, out_no, bad
@@ -238,15 +167,11 @@ def yes_no(
 # lm_head-fused log-probs from hidden states
 
 
-class LinearBackend(enum.Enum):
-    TRITON = "triton"  # rlaifv_fast.ops.triton.linear_logps: tiles of h W^T on chip, never the (N, V) logits
-    CHUNKED = "chunked"  # rlaifv_fast.ops.linear_chunked: bounded logits chunks through the sequence_logps kernels
-
-
 LINEAR_BACKEND_ENV = "RLAIFV_FAST_LINEAR_BACKEND"
-"""The explicit switch, read at every call: "auto" (default), "triton" or "chunked". "triton" on CPU tensors runs the
-kernels in Triton's interpreter and needs TRITON_INTERPRET=1 in the environment before the first lm_head-fused call
-imports the kernels (the CI tests use this, in a child process); "chunked" forces the chunked path on CUDA too."""
+"""What backend="auto" stands for, read at every call: "auto" (default), "triton" or "chunked". "triton" on CPU
+tensors runs the kernels in Triton's interpreter and needs TRITON_INTERPRET=1 in the environment before the first
+lm_head-fused call imports the kernels (the CI tests use this, in a child process); "chunked" forces the chunked path
+on CUDA too."""
 
 _triton_module = None
 
@@ -263,41 +188,46 @@ def _triton_linear():
     return _triton_module or None
 
 
-def linear_backend_for(device: torch.device, dtype: torch.dtype) -> LinearBackend:
-    """auto: Triton for CUDA tensors of fp32/bf16/fp16 when triton imports, the chunked path otherwise (CPU, fp64,
-    no triton). RLAIFV_FAST_LINEAR_BACKEND overrides it (see LINEAR_BACKEND_ENV)."""
-    choice = os.environ.get(LINEAR_BACKEND_ENV, "auto").strip().lower() or "auto"
-    if choice not in ("auto", "triton", "chunked"):
-        raise ValueError(f"{LINEAR_BACKEND_ENV}={choice!r}: expected auto, triton or chunked")
+def linear_backend_for(device: torch.device, dtype: torch.dtype, backend: str = "auto") -> LinearBackend:
+    """The backend a call runs on. `backend` "triton" or "chunked" is taken as given (Triton checked to be usable);
+    "auto" is RLAIFV_FAST_LINEAR_BACKEND's choice when that is set, else Triton for CUDA tensors of fp32/bf16/fp16
+    when triton imports and the chunked path otherwise (CPU, fp64, no triton)."""
+    choice, origin = backend, "backend"
+    if choice == "auto":
+        choice = os.environ.get(LINEAR_BACKEND_ENV, "auto").strip().lower() or "auto"
+        origin = LINEAR_BACKEND_ENV
+    if choice not in BACKEND_CHOICES:
+        raise ValueError(f"{origin}={choice!r}: expected one of {', '.join(BACKEND_CHOICES)}")
     if choice == "chunked":
         return LinearBackend.CHUNKED
     if choice == "triton":
         if dtype == torch.float64:
-            raise ValueError(f"{LINEAR_BACKEND_ENV}=triton: the Triton kernels take fp32/bf16/fp16, not float64")
+            raise ValueError(f"{origin}=triton: the Triton kernels take fp32/bf16/fp16, not float64")
         if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
             raise RuntimeError(
-                f"{LINEAR_BACKEND_ENV}=triton on {device.type} tensors needs TRITON_INTERPRET=1, set before the "
-                "kernels are first imported"
+                f"{origin}=triton on {device.type} tensors needs TRITON_INTERPRET=1, set before the kernels are "
+                "first imported"
             )
         if _triton_linear() is None:
-            raise RuntimeError(f"{LINEAR_BACKEND_ENV}=triton but triton is not importable")
+            raise RuntimeError(f"{origin}=triton but triton is not importable")
         return LinearBackend.TRITON
     if device.type == "cuda" and dtype != torch.float64 and _triton_linear() is not None:
         return LinearBackend.TRITON
     return LinearBackend.CHUNKED
 
 
-def _on_device(device: torch.device):
-    """Triton launches on the current CUDA device: make it the tensors' one."""
-    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
-
-
-def _linear_impl(backend: LinearBackend):
-    if backend is LinearBackend.TRITON:
+def linear_kernels(device: torch.device, dtype: torch.dtype, backend: str = "auto") -> LinearKernels:
+    """The module implementing the resolved backend (linear_backend_for)."""
+    if linear_backend_for(device, dtype, backend) is LinearBackend.TRITON:
         return _triton_linear()
     from . import linear_chunked
 
     return linear_chunked
+
+
+def _on_device(device: torch.device):
+    """Triton launches on the current CUDA device: make it the tensors' one."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
 
 def linear_token_logps(
@@ -307,24 +237,19 @@ def linear_token_logps(
     labels: torch.Tensor,
     ignore_index: int,
     shift: bool,
-    temperature: float,
+    transform: LogitTransform,
+    backend: str = "auto",
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, int | None]:
-    """(per-token log-probs, per-token lse) on the label grid (B, T') of hidden (B, T, H) @ weight.T (+ bias), and
-    None; or (None, None, the first invalid flat position)."""
+    """(per-token log-probs, per-token lse) on the label grid (B, T') of z (hidden (B, T, H) @ weight.T (+ bias),
+    transformed), and None; or (None, None, the first invalid flat position)."""
     h, y = _shifted(hidden, labels, shift)
     B, T, _ = h.shape
-    backend = linear_backend_for(h.device, h.dtype)
+    kernels = linear_kernels(h.device, h.dtype, backend)
     if B * T == 0:
         empty = torch.zeros((B, T), dtype=acc_dtype(h.dtype), device=h.device)
         return empty, empty.clone(), None
-    if backend is LinearBackend.CHUNKED:
-        return _linear_impl(backend).token_logps(h, weight, bias, y, ignore_index, temperature)
     with _on_device(h.device):
-        tok, lse = _triton_linear().token_logps(h, weight, bias, y, ignore_index, temperature)
-    bad = (y != ignore_index) & ((y < 0) | (y >= weight.shape[0]))
-    if bool(bad.any()):  # the one host sync, after the launches (the kernels never read out of bounds)
-        return None, None, int(bad.reshape(-1).nonzero()[0])
-    return tok, lse, None
+        return kernels.token_logps(h, weight, bias, y, ignore_index, transform)
 
 
 def linear_token_logps_backward(
@@ -336,17 +261,18 @@ def linear_token_logps_backward(
     lse: torch.Tensor,
     ignore_index: int,
     shift: bool,
-    temperature: float,
+    transform: LogitTransform,
     need: tuple[bool, bool, bool],
+    backend: str = "auto",
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """Gradients of sum_t grad[b,t] * logp[b,t] for (hidden, weight, bias), each in its input's dtype and shape, or
     None where `need` says it is not wanted."""
     need_dh, need_dw, need_db = need[0], need[1], need[2] and bias is not None
     h, y = _shifted(hidden, labels, shift)
-    backend = linear_backend_for(h.device, h.dtype)
+    kernels = linear_kernels(h.device, h.dtype, backend)
     with _on_device(h.device):
-        dh, dw, db = _linear_impl(backend).token_logps_backward(
-            grad, h, weight, bias, y, lse, ignore_index, temperature, need_dh, need_dw, need_db
+        dh, dw, db = kernels.token_logps_backward(
+            grad, h, weight, bias, y, lse, ignore_index, transform, need_dh, need_dw, need_db
         )
     if need_dh:
         if shift:
@@ -359,22 +285,23 @@ def linear_token_logps_backward(
 
 
 def linear_yes_no(
-    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, yes_ids: torch.Tensor, no_ids: torch.Tensor
+    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, yes_ids: torch.Tensor, no_ids: torch.Tensor,
+    transform: LogitTransform, backend: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(log P(yes-set), log P(no-set)) over the full vocabulary for (B, H) hidden states."""
-    backend = linear_backend_for(hidden.device, hidden.dtype)
+    """(log P(yes-set), log P(no-set)) over the full vocabulary of z for (B, H) hidden states."""
+    kernels = linear_kernels(hidden.device, hidden.dtype, backend)
     acc = acc_dtype(hidden.dtype)
     if hidden.shape[0] == 0:
         empty = torch.empty((0,), dtype=acc, device=hidden.device)
         return empty, empty.clone()
     with _on_device(hidden.device):
-        lse = _linear_impl(backend).row_lse(hidden, weight, bias).to(acc)
+        lse = kernels.row_lse(hidden, weight, bias, transform).to(acc)
 
     def set_lse(ids: torch.Tensor) -> torch.Tensor:
-        # the few columns of the set, exactly: (B, k) logits from the k weight rows, upcast
-        z = hidden.to(acc) @ weight[ids].to(acc).T
+        # the few columns of the set, exactly: (B, k) raw outputs from the k weight rows, upcast, then transformed
+        a = hidden.to(acc) @ weight[ids].to(acc).T
         if bias is not None:
-            z = z + bias[ids].to(acc)
-        return torch.logsumexp(z, dim=1)
+            a = a + bias[ids].to(acc)
+        return torch.logsumexp(transform.apply(a), dim=1)
 
     return set_lse(yes_ids) - lse, set_lse(no_ids) - lse

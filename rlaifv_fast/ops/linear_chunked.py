@@ -1,34 +1,38 @@
 """The chunked backend of the lm_head-fused log-probs (linear_logps.py) for CPU tensors (and any device without the
-Triton kernels).
+Triton kernels); it follows the contract of rlaifv_fast.ops._linear_backend.LinearKernels.
 
-The valid tokens are cut into blocks of rows and the vocabulary into slices; one matmul writes the logits of a
-(rows, slice) block into a reused buffer of at most CHUNK_BYTES, and the sequence_logps kernels of the dispatch point
-process that buffer:
-  forward   the native forward kernel gives each row's lse over the slice (labels pointed at column 0, so every row
-            counts); slices merge by logaddexp. The label logit is an indexed dot h[n] . W[y[n]] (+ b[y[n]]).
-  backward  the native backward kernel writes dz = c (onehot - softmax(z / tau)) / tau over the buffer in place from
-            the saved full-row lse (rows whose label lies outside the slice get their column-0 one-hot taken back),
-            then dh += dz W[slice], dW[slice] += dz^T h, db[slice] += sum dz.
+The valid tokens are cut into blocks of rows and the vocabulary into slices; one matmul writes the raw outputs
+a = h W^T + b of a (rows, slice) block into a reused buffer, the transform (logit scale, soft-capping; see
+_linear_backend.LogitTransform) is applied in place, and the native row-block kernels (rlaifv_fast.ops._kernels)
+process the buffer:
+  forward   rows_lse gives each row's lse of z over the slice; slices merge by logaddexp. The label logit is an
+            indexed dot h[n] . W[y[n]] (+ b[y[n]]), transformed the same way.
+  backward  rows_grad writes dz = c (onehot - softmax(z)) * inv_temp over the buffer in place from the saved
+            full-row lse (rows whose label lies in another slice get no one-hot); with soft-capping it is then
+            multiplied by the slope of the cap, logit_scale * sech^2(logit_scale * a / softcap), which a second
+            buffer holds (computed from a before the cap overwrites it); then dh += dz W[slice], dW[slice] += dz^T h,
+            db[slice] += sum dz.
 Blocks are as tall as the bound allows (all valid tokens when they fit with slices of at least MIN_SLICE columns):
 a per-token-chunk matmul would stream (and pack) the whole weight once per chunk, which on 2 cores made 64-row
 chunks ~2x slower than one large matmul, while a tall block reads each weight slice once.
 
-The (N, V) logits never exist. Extra memory: the buffer, the fp32 gradients asked for, row-sized vectors, and, for
-weights not in the accumulation dtype (bf16/fp16: computed in fp32) or not readable by BLAS as they are, one
-converted copy of the weight. Masked tokens are dropped before any matmul (on the CPU, finding them costs no
-synchronisation).
+The (N, V) logits never exist. Extra memory: the logits buffers (one, or two halves with soft-capping in the
+backward: together at most CHUNK_BYTES), the fp32 gradients asked for, row-sized vectors, and, for weights not in
+the accumulation dtype (bf16/fp16: computed in fp32) or not readable by BLAS as they are, one converted copy of the
+weight. Masked tokens are dropped before any matmul (on the CPU, finding them costs no synchronisation).
 """
 
 from __future__ import annotations
 
 import torch
 
-from . import _dispatch
+from . import _kernels
+from ._linear_backend import LogitTransform
 
 CHUNK_BYTES = 4 << 20
-"""The bound on the logits buffer (rows x slice x element size). 4 MiB keeps the CPU benchmark's extra memory under
-5% of the plain path's (B2 T256 H512 V32000 fp32); larger buffers mean fewer, larger matmuls (fewer OpenMP
-fork/joins, which cost most on a loaded machine)."""
+"""The bound on the logits buffers (rows x slice x element size, both buffers together where there are two). 4 MiB
+keeps the CPU benchmark's extra memory under 5% of the plain path's (B2 T256 H512 V32000 fp32); larger buffers mean
+fewer, larger matmuls (fewer OpenMP fork/joins, which cost most on a loaded machine)."""
 
 CUDA_CHUNK_BYTES = 512 << 20
 """The bound on CUDA tensors (the chunked path serves CUDA only without triton, for fp64, or when forced): a GPU
@@ -37,15 +41,14 @@ needs large matmuls, and 512 MiB is still far below the tens of GB of a large-vo
 MIN_SLICE = 256
 """Vocabulary slices are at least this wide (or V): blocks lose rows before slices get narrower."""
 
-_NATIVE_IGNORE = -1  # local labels lie in [0, slice): -1 never masks one, whatever the caller's ignore_index
 
-
-def _blocks(n: int, V: int, dtype: torch.dtype, device: torch.device | None = None) -> tuple[int, int]:
-    """(rows per block, columns per slice) with rows * columns * element size <= the device's bound (at least
-    1 x 1)."""
+def _blocks(n: int, V: int, dtype: torch.dtype, device: torch.device | None = None, buffers: int = 1
+            ) -> tuple[int, int]:
+    """(rows per block, columns per slice) with `buffers` * rows * columns * element size <= the device's bound (at
+    least 1 x 1)."""
     size = torch.empty((), dtype=dtype).element_size()
     bound = CUDA_CHUNK_BYTES if device is not None and device.type == "cuda" else CHUNK_BYTES
-    cells = max(1, bound // size)
+    cells = max(1, bound // (size * buffers))
     cols = min(V, max(MIN_SLICE, cells // max(n, 1)))
     cols = min(cols, cells)
     rows = max(1, min(n, cells // cols))
@@ -99,26 +102,24 @@ def _block_logits(buf: torch.Tensor, h: torch.Tensor, w: torch.Tensor, bias, v0:
     return z
 
 
-def _row_lse(h: torch.Tensor, w: torch.Tensor, bias, temperature: float, buf: torch.Tensor, cols: int):
-    """lse over the full vocabulary of z / tau for the rows h, slice by slice through the native forward kernel."""
+def _row_lse(h: torch.Tensor, w: torch.Tensor, bias, transform: LogitTransform, buf: torch.Tensor, cols: int):
+    """lse over the full vocabulary of z for the rows h, slice by slice through the native row-block kernel."""
     V = w.shape[0]
-    n = h.shape[0]
     lse = None
-    zeros = torch.zeros((1, n), dtype=torch.int64, device=h.device)  # every row counts; the label is not used
     for v0 in range(0, V, cols):
         v1 = min(v0 + cols, V)
-        z = _block_logits(buf, h, w, bias, v0, v1)
-        _, part, _ = _dispatch.token_logps(z.unsqueeze(0), zeros, _NATIVE_IGNORE, False, temperature)
-        lse = part[0] if lse is None else torch.logaddexp(lse, part[0])
+        z = transform.cap_(_block_logits(buf, h, w, bias, v0, v1))
+        part = _kernels.rows_lse(z, transform.inv_temp)
+        lse = part if lse is None else torch.logaddexp(lse, part)
     return lse
 
 
-def token_logps(hidden, weight, bias, labels, ignore_index: int, temperature: float):
+def token_logps(hidden, weight, bias, labels, ignore_index: int, transform: LogitTransform):
     """(per-token log-probs, lse) on the (B, T') label grid (zero where masked), and the first invalid flat position
     or None. `hidden` (B, T', H) and `labels` are already aligned (shifted views)."""
     B, T, H = hidden.shape
     V = weight.shape[0]
-    acc = _dispatch.acc_dtype(hidden.dtype)
+    acc = _kernels.acc_dtype(hidden.dtype)
     tok = torch.zeros((B, T), dtype=acc, device=hidden.device)
     lse = torch.zeros_like(tok)
     bad = (labels != ignore_index) & ((labels < 0) | (labels >= V))
@@ -131,32 +132,33 @@ def token_logps(hidden, weight, bias, labels, ignore_index: int, temperature: fl
     b = bias.to(acc) if bias is not None else None
     rows, cols = _blocks(tokens.n, V, acc, hidden.device)
     buf = torch.empty((rows * cols,), dtype=acc, device=hidden.device)
-    lse_v = torch.cat([_row_lse(tokens.h[s : s + rows], w, b, temperature, buf, cols)
+    lse_v = torch.cat([_row_lse(tokens.h[s : s + rows], w, b, transform, buf, cols)
                        for s in range(0, tokens.n, rows)])
-    tok_v = _label_logits(tokens, w, b, acc) / temperature - lse_v
+    tok_v = transform.cap_(_label_logits(tokens, w, b, acc)).mul_(transform.inv_temp) - lse_v
     tok.view(-1)[tokens.flat] = tok_v
     lse.view(-1)[tokens.flat] = lse_v
     return tok, lse, None
 
 
-def row_lse(hidden2d, weight, bias):
-    """lse over the full vocabulary of every row of (N, H) hidden states (temperature 1), accumulation dtype (N,)."""
+def row_lse(hidden2d, weight, bias, transform: LogitTransform):
+    """lse of z over the full vocabulary for every row of (N, H) hidden states, accumulation dtype (N,)."""
     N, H = hidden2d.shape
     V = weight.shape[0]
-    acc = _dispatch.acc_dtype(hidden2d.dtype)
+    acc = _kernels.acc_dtype(hidden2d.dtype)
     w = _blas_weight(weight, acc)
     b = bias.to(acc) if bias is not None else None
     rows, cols = _blocks(N, V, acc, hidden2d.device)
     buf = torch.empty((rows * cols,), dtype=acc, device=hidden2d.device)
-    return torch.cat([_row_lse(hidden2d[s : s + rows].to(acc), w, b, 1.0, buf, cols) for s in range(0, N, rows)])
+    return torch.cat([_row_lse(hidden2d[s : s + rows].to(acc), w, b, transform, buf, cols)
+                      for s in range(0, N, rows)])
 
 
-def token_logps_backward(grad, hidden, weight, bias, labels, lse, ignore_index: int, temperature: float,
+def token_logps_backward(grad, hidden, weight, bias, labels, lse, ignore_index: int, transform: LogitTransform,
                          need_dh: bool, need_dw: bool, need_db: bool):
     """(dh (B, T', H), dW (V, H), db (V,)) in the accumulation dtype (None where not needed) of sum grad * l."""
     B, T, H = hidden.shape
     V = weight.shape[0]
-    acc = _dispatch.acc_dtype(hidden.dtype)
+    acc = _kernels.acc_dtype(hidden.dtype)
     dev = hidden.device
     dh = torch.zeros((B, T, H), dtype=acc, device=dev) if need_dh else None
     dw = torch.zeros((V, H), dtype=acc, device=dev) if need_dw else None
@@ -168,28 +170,26 @@ def token_logps_backward(grad, hidden, weight, bias, labels, lse, ignore_index: 
         return dh, dw, db
     w = _blas_weight(weight, acc)
     b = bias.to(acc) if bias is not None else None
-    coef = grad.to(acc)[tokens.index]
-    lse_v = lse.to(acc)[tokens.index]
-    inv_tau = 1.0 / temperature
-    rows, cols = _blocks(tokens.n, V, acc, hidden.device)
+    coef = grad.to(acc)[tokens.index].contiguous()
+    lse_v = lse.to(acc)[tokens.index].contiguous()
+    capped = transform.softcap is not None
+    rows, cols = _blocks(tokens.n, V, acc, hidden.device, buffers=2 if capped else 1)
     buf = torch.empty((rows * cols,), dtype=acc, device=dev)
+    slope_buf = torch.empty((rows * cols,), dtype=acc, device=dev) if capped else None
     dh_v = torch.zeros((tokens.n, H), dtype=acc, device=dev) if need_dh else None
     for s in range(0, tokens.n, rows):
         e = min(s + rows, tokens.n)
-        h, y, c, l = tokens.h[s:e], tokens.y[s:e], coef[s:e].unsqueeze(0), lse_v[s:e].unsqueeze(0)
+        h, y, c, l = tokens.h[s:e], tokens.y[s:e], coef[s:e], lse_v[s:e]
         for v0 in range(0, V, cols):
             v1 = min(v0 + cols, V)
             z = _block_logits(buf, h, w, b, v0, v1)
-            inside = (y >= v0) & (y < v1)
-            local = torch.where(inside, y - v0, 0)
-            outside = (~inside).nonzero().squeeze(1)
-            z0 = z[outside, 0]  # the logits the kernel will take for labels: kept to rewrite that column exactly
-            # dz = c (onehot - softmax) / tau, written over the logits by the sequence_logps kernel (full-row lse)
-            _dispatch.token_logps_backward(c, z.unsqueeze(0), local.unsqueeze(0), l, _NATIVE_IGNORE, False,
-                                           temperature, z.unsqueeze(0))
-            # rows whose label lies in another slice: no one-hot here (recomputed, not subtracted, so a tiny
-            # softmax term keeps its relative accuracy)
-            z[outside, 0] = -c[0, outside] * torch.exp(z0 * inv_tau - l[0, outside]) * inv_tau
+            slope = transform.cap_slope(z, slope_buf[: z.numel()].view(z.shape)) if capped else None
+            transform.cap_(z)
+            local = torch.where((y >= v0) & (y < v1), y - v0, -1)  # -1: the label lies in another slice
+            # dz = c (onehot - softmax(z)) * inv_temp, written over the logits (full-row lse), then the cap's slope
+            _kernels.rows_grad(c, z, local, l, transform.inv_temp, z)
+            if slope is not None:
+                z.mul_(slope)
             if need_dh:
                 dh_v[s:e].addmm_(z, w[v0:v1])
             if need_dw:

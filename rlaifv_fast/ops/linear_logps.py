@@ -1,14 +1,19 @@
 """lm_head-fused log-probs: the outputs of sequence_logps, yes_no_logprobs and bon_rewards straight from the last
 hidden states h and the lm_head weight W (V, H) (+ bias b), without ever holding the (N, V) logits.
 
-    z[n, v] = (h[n] . W[v] + b[v]) / tau      l[n] = z[n, y[n]] - logsumexp_v z[n, v]   where y[n] != ignore_index
+    a[n, v] = h[n] . W[v] + b[v]
+    z[n, v] = softcap * tanh(logit_scale * a[n, v] / softcap) / tau      (softcap None: logit_scale * a[n, v] / tau)
+    l[n] = z[n, y[n]] - logsumexp_v z[n, v]                               where y[n] != ignore_index
 
-linear_sequence_logps gives sequence_logps's outputs on h @ W.T (+ b); linear_yes_no_logprobs gives
-yes_no_logprobs's on the last position; linear_bon_rewards gives bon_rewards's from policy and reference hidden
-states. The backends (Triton kernels on CUDA, a chunked path elsewhere) are chosen in rlaifv_fast.ops._dispatch.
-Only a per-token fp32 lse is saved for the backward, which recomputes the logits tile by tile (or chunk by chunk)
-and returns the gradients of the hidden states, the weight and the bias: each only when it requires grad, so a frozen
-lm_head (LoRA elsewhere) costs no weight gradient.
+The logit scale (Cohere, Granite) and the final-logit soft-capping (Gemma 2 and 3) are the model's head transform,
+in the order of TRL's fused head and of rlaifv_fast.engines.lm_head.LMHead (whose op_kwargs() gives these
+arguments); the temperature divides after them. linear_sequence_logps gives sequence_logps's outputs on those
+logits; linear_yes_no_logprobs gives yes_no_logprobs's on the last position; linear_bon_rewards gives bon_rewards's
+from policy and reference hidden states. The backends (Triton kernels on CUDA, a chunked path elsewhere: one contract,
+rlaifv_fast.ops._linear_backend) are chosen by `backend=` in rlaifv_fast.ops._dispatch. Only a per-token fp32 lse is
+saved for the backward, which recomputes the logits tile by tile (or chunk by chunk) and returns the gradients of the
+hidden states, the weight and the bias: each only when it requires grad, so a frozen lm_head (LoRA elsewhere) costs
+no weight gradient.
 
 Under DeepSpeed ZeRO-3 or FSDP the lm_head weight is sharded: gather it around the call (README, "lm_head-fused
 log-probs"); any view of the gathered (V, H) matrix works, contiguous or not.
@@ -21,9 +26,13 @@ from collections.abc import Sequence
 import torch
 
 from . import _checks, _dispatch, _grid
+from ._linear_backend import LogitTransform
 from .bon_rewards import BoNRewards, best_per_group, group_sizes
 from .sequence_logps import SequenceLogps
 from .yes_no import YesNo
+
+# The custom ops take the transform as floats (softcap 0.0: none) and the backend choice as a string; the public ops
+# below validate both once.
 
 
 @torch.library.custom_op("rlaifv_fast::linear_token_logps", mutates_args=())
@@ -35,9 +44,14 @@ def linear_token_logps(
     ignore_index: int,
     shift: bool,
     temperature: float,
+    logit_scale: float,
+    softcap: float,
+    backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token label log-probs and lse (B, T') of hidden (B, T, H) @ weight.T (+ bias); inputs validated."""
-    tok, lse, bad = _dispatch.linear_token_logps(hidden, weight, bias, labels, ignore_index, shift, temperature)
+    """Per-token label log-probs and lse (B, T') of hidden (B, T, H) @ weight.T (+ bias), transformed; inputs
+    validated."""
+    transform = LogitTransform.from_op(logit_scale, softcap, temperature)
+    tok, lse, bad = _dispatch.linear_token_logps(hidden, weight, bias, labels, ignore_index, shift, transform, backend)
     if bad is not None:
         T = hidden.shape[1] - 1 if shift else hidden.shape[1]
         raise _checks.invalid_label_error(labels, bad, T, shift=shift, V=weight.shape[0], ignore_index=ignore_index)
@@ -45,7 +59,7 @@ def linear_token_logps(
 
 
 @linear_token_logps.register_fake
-def _(hidden, weight, bias, labels, ignore_index, shift, temperature):
+def _(hidden, weight, bias, labels, ignore_index, shift, temperature, logit_scale, softcap, backend):
     B, T, _ = hidden.shape
     out = hidden.new_empty((B, _grid.grid_length(T, shift)), dtype=_dispatch.acc_dtype(hidden.dtype))
     return out, torch.empty_like(out)
@@ -62,14 +76,20 @@ def linear_token_logps_backward(
     ignore_index: int,
     shift: bool,
     temperature: float,
+    logit_scale: float,
+    softcap: float,
+    backend: str,
     need_hidden: bool,
     need_weight: bool,
     need_bias: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(d hidden, d weight, d bias) of sum grad * logp; an empty tensor stands for a gradient not asked for."""
+    transform = LogitTransform.from_op(logit_scale, softcap, temperature)
     dh, dw, db = _dispatch.linear_token_logps_backward(
-        grad, hidden, weight, bias, labels, lse, ignore_index, shift, temperature, (need_hidden, need_weight, need_bias)
+        grad, hidden, weight, bias, labels, lse, ignore_index, shift, transform, (need_hidden, need_weight, need_bias),
+        backend,
     )
+
     def given(t):  # a fresh empty tensor each (custom-op outputs must not alias one another)
         return t if t is not None else hidden.new_empty((0,))
 
@@ -77,7 +97,8 @@ def linear_token_logps_backward(
 
 
 @linear_token_logps_backward.register_fake
-def _(grad, hidden, weight, bias, labels, lse, ignore_index, shift, temperature, need_hidden, need_weight, need_bias):
+def _(grad, hidden, weight, bias, labels, lse, ignore_index, shift, temperature, logit_scale, softcap, backend,
+      need_hidden, need_weight, need_bias):
     dh = torch.empty_like(hidden, memory_format=torch.contiguous_format) if need_hidden else hidden.new_empty((0,))
     dw = weight.new_empty(weight.shape) if need_weight else hidden.new_empty((0,))
     db = bias.new_empty(bias.shape) if need_bias and bias is not None else hidden.new_empty((0,))
@@ -85,25 +106,25 @@ def _(grad, hidden, weight, bias, labels, lse, ignore_index, shift, temperature,
 
 
 def _setup_context(ctx, inputs, output):
-    hidden, weight, bias, labels, ignore_index, shift, temperature = inputs
+    hidden, weight, bias, labels, *options = inputs
     _, lse = output
     ctx.save_for_backward(hidden, weight, bias, labels, lse)
-    ctx.options = (ignore_index, shift, temperature)
+    ctx.options = tuple(options)  # ignore_index, shift, temperature, logit_scale, softcap, backend
     ctx.mark_non_differentiable(lse)
 
 
 def _backward(ctx, grad_tok, _grad_lse):
     hidden, weight, bias, labels, lse = ctx.saved_tensors
-    ignore_index, shift, temperature = ctx.options
+    n_inputs = 4 + len(ctx.options)
     need_h, need_w, need_b = ctx.needs_input_grad[:3]
     if grad_tok is None or not (need_h or need_w or need_b):
-        return None, None, None, None, None, None, None
+        return (None,) * n_inputs
     dh, dw, db = torch.ops.rlaifv_fast.linear_token_logps_backward(
-        grad_tok, hidden, weight, bias, labels, lse, ignore_index, shift, temperature,
+        grad_tok, hidden, weight, bias, labels, lse, *ctx.options,
         bool(need_h), bool(need_w), bool(need_b and bias is not None),
     )
     return (dh if need_h else None, dw if need_w else None, db if need_b and bias is not None else None,
-            None, None, None, None)
+            *(None,) * (n_inputs - 3))
 
 
 linear_token_logps.register_autograd(_backward, setup_context=_setup_context)
@@ -111,13 +132,15 @@ linear_token_logps.register_autograd(_backward, setup_context=_setup_context)
 
 @torch.library.custom_op("rlaifv_fast::linear_yes_no_logprobs", mutates_args=())
 def linear_yes_no_kernel(
-    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, yes_ids: torch.Tensor, no_ids: torch.Tensor
+    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, yes_ids: torch.Tensor, no_ids: torch.Tensor,
+    logit_scale: float, softcap: float, backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    return _dispatch.linear_yes_no(hidden, weight, bias, yes_ids, no_ids)
+    transform = LogitTransform.from_op(logit_scale, softcap, 1.0)
+    return _dispatch.linear_yes_no(hidden, weight, bias, yes_ids, no_ids, transform, backend)
 
 
 @linear_yes_no_kernel.register_fake
-def _(hidden, weight, bias, yes_ids, no_ids):
+def _(hidden, weight, bias, yes_ids, no_ids, logit_scale, softcap, backend):
     out = hidden.new_empty((hidden.shape[0],), dtype=_dispatch.acc_dtype(hidden.dtype))
     return out, torch.empty_like(out)
 
@@ -189,8 +212,12 @@ def linear_sequence_logps(
     average: bool = False,
     temperature: float = 1.0,
     return_per_token: bool = False,
+    logit_scale: float = 1.0,
+    softcap: float | None = None,
+    backend: str = "auto",
 ) -> SequenceLogps:
-    """sequence_logps(hidden @ weight.T (+ bias), labels, ...) without the logits: forward and backward.
+    """sequence_logps(logits, labels, ...) on the head's logits, computed from hidden @ weight.T (+ bias) without
+    ever holding them: forward and backward.
 
     Args:
         hidden: (B, T, H) last hidden states (any strides), or (N, H): a flat batch of N tokens, each its own
@@ -200,6 +227,11 @@ def linear_sequence_logps(
         labels: int32/int64 (B, T) (or (N,)); ignore_index entries are masked, others must lie in [0, V).
         bias: optional (V,) lm_head bias, weight's dtype.
         shift, average, temperature, return_per_token: as in sequence_logps.
+        logit_scale, softcap: the model's head transform, logits = softcap * tanh(logit_scale * (h W^T + b) /
+            softcap) (softcap None: logit_scale * (h W^T + b)); the temperature divides after it. LMHead.of(model)
+            .op_kwargs() (rlaifv_fast.engines.lm_head) gives a model's values.
+        backend: "auto" (Triton on CUDA, the chunked path elsewhere; RLAIFV_FAST_LINEAR_BACKEND, when set, decides
+            for "auto"), "triton" or "chunked".
 
     Returns:
         SequenceLogps(logps, counts, per_token), float32 accumulation (float64 for float64 inputs). Gradients flow to
@@ -215,7 +247,10 @@ def linear_sequence_logps(
     flat = hidden.dim() == 2
     h3, y = _as_grid("hidden", hidden, labels, shift)
     temperature = _checks.check_temperature(temperature)
-    tok, _ = torch.ops.rlaifv_fast.linear_token_logps(h3, weight, bias, y, int(ignore_index), bool(shift), temperature)
+    logit_scale, softcap = _checks.check_logit_transform(logit_scale, softcap)
+    backend = _checks.check_linear_backend(backend)
+    tok, _ = torch.ops.rlaifv_fast.linear_token_logps(h3, weight, bias, y, int(ignore_index), bool(shift), temperature,
+                                                      logit_scale, softcap or 0.0, backend)
     counts = _grid.scored(y, shift, ignore_index).sum(-1)
     logps = _grid.per_sequence(tok.sum(-1), counts, average)
     per_token = (tok.squeeze(1) if flat else tok) if return_per_token else None
@@ -229,13 +264,18 @@ def linear_yes_no_logprobs(
     no_ids: Sequence[int] | torch.Tensor,
     *,
     bias: torch.Tensor | None = None,
+    logit_scale: float = 1.0,
+    softcap: float | None = None,
+    backend: str = "auto",
 ) -> YesNo:
-    """yes_no_logprobs(hidden @ weight.T (+ bias), yes_ids, no_ids) without the (B, V) logits, no grad.
+    """yes_no_logprobs(logits, yes_ids, no_ids) on the head's logits from hidden @ weight.T (+ bias), without the
+    (B, V) logits, no grad.
 
     Args:
         hidden: (B, H) hidden states of the first generated position (e.g. out.hidden_states[-1][:, -1]).
         weight, bias: the labeler's lm_head (V, H) and optional bias (V,), hidden's dtype.
         yes_ids, no_ids: token ids of the yes and no sets, as in yes_no_logprobs.
+        logit_scale, softcap, backend: as in linear_sequence_logps (the set logits get the same transform).
 
     Example:
         >>> yn = linear_yes_no_logprobs(h_last, labeler.lm_head.weight, [yes_id, Yes_id], [no_id, No_id])
@@ -244,8 +284,11 @@ def linear_yes_no_logprobs(
     weight, bias = _check_head(hidden, weight, bias)
     V = weight.shape[0]
     yes_t, no_t = _checks.check_token_sets(yes_ids, no_ids, V, hidden.device)
+    logit_scale, softcap = _checks.check_logit_transform(logit_scale, softcap)
+    backend = _checks.check_linear_backend(backend)
     with torch.no_grad():
-        ly, ln = torch.ops.rlaifv_fast.linear_yes_no_logprobs(hidden, weight, bias, yes_t, no_t)
+        ly, ln = torch.ops.rlaifv_fast.linear_yes_no_logprobs(hidden, weight, bias, yes_t, no_t, logit_scale,
+                                                              softcap or 0.0, backend)
     return YesNo(ly, ln, ly > ln)
 
 
@@ -265,6 +308,11 @@ def linear_bon_rewards(
     ignore_index: int = -100,
     shift: bool = False,
     temperature: float = 1.0,
+    logit_scale: float = 1.0,
+    softcap: float | None = None,
+    ref_logit_scale: float | str = "policy",
+    ref_softcap: float | None | str = "policy",
+    backend: str = "auto",
 ) -> BoNRewards:
     """bon_rewards from hidden states: r = beta / n * sum_t (log pi(y_t) - log pi_ref(y_t)), no grad, no logits.
 
@@ -274,6 +322,10 @@ def linear_bon_rewards(
         ref_hidden, ref_weight: the reference model's hidden states (N, T, H') and lm_head (V, H'); or instead
             ref_logps: its per-token log-probs (N, T') on the label grid (e.g. cached). Exactly one of the two.
         beta, length_normalize, groups, ignore_index, shift, temperature: as in bon_rewards.
+        logit_scale, softcap: the policy head's transform (as in linear_sequence_logps).
+        ref_logit_scale, ref_softcap: the reference head's, for ref_hidden; "policy" (default): the policy's values
+            (ref_softcap=None: no soft-capping on the reference).
+        backend: as in linear_sequence_logps.
 
     Example:
         >>> out = linear_bon_rewards(h_pol, pol.lm_head.weight, labels, ref_hidden=h_ref,
@@ -285,8 +337,18 @@ def linear_bon_rewards(
     N, T, _ = policy_hidden.shape
     labels = _checks.check_index("labels", labels, (N, T), policy_hidden.device)
     temperature = _checks.check_temperature(temperature)
+    logit_scale, softcap = _checks.check_logit_transform(logit_scale, softcap)
+    backend = _checks.check_linear_backend(backend)
     if (ref_hidden is None) == (ref_logps is None):
         raise ValueError("give exactly one of ref_hidden (with ref_weight) and ref_logps")
+    given_ref = [name for name, v in (("ref_logit_scale", ref_logit_scale), ("ref_softcap", ref_softcap))
+                 if not (isinstance(v, str) and v == "policy")]
+    if ref_hidden is None and given_ref:
+        raise ValueError(f"{given_ref[0]} applies to ref_hidden's head; with ref_logps leave it at 'policy'")
+    ref_scale = logit_scale if isinstance(ref_logit_scale, str) and ref_logit_scale == "policy" else ref_logit_scale
+    ref_cap = softcap if isinstance(ref_softcap, str) and ref_softcap == "policy" else ref_softcap
+    ref_scale, ref_cap = _checks.check_logit_transform(ref_scale, ref_cap, scale_name="ref_logit_scale",
+                                                       softcap_name="ref_softcap")
     T_out = _grid.grid_length(T, shift)
     if ref_hidden is not None:
         ref_hidden = _check_hidden("ref_hidden", ref_hidden, ranks=(3,))
@@ -308,9 +370,11 @@ def linear_bon_rewards(
     sizes = group_sizes(groups, N)
     with torch.no_grad():
         args = (labels, int(ignore_index), bool(shift), temperature)
-        pol, _ = torch.ops.rlaifv_fast.linear_token_logps(policy_hidden, policy_weight, policy_bias, *args)
+        pol, _ = torch.ops.rlaifv_fast.linear_token_logps(policy_hidden, policy_weight, policy_bias, *args,
+                                                          logit_scale, softcap or 0.0, backend)
         if ref_hidden is not None:
-            ref_tok, _ = torch.ops.rlaifv_fast.linear_token_logps(ref_hidden, ref_weight, ref_bias, *args)
+            ref_tok, _ = torch.ops.rlaifv_fast.linear_token_logps(ref_hidden, ref_weight, ref_bias, *args,
+                                                                  ref_scale, ref_cap or 0.0, backend)
         else:
             ref_tok = ref_logps.to(pol.dtype)
         mask = _grid.scored(labels, shift, ignore_index)

@@ -1,7 +1,11 @@
 """Triton kernels of the lm_head-fused log-probs: label log-probs and lse straight from hidden states h (N, H) and
-the lm_head weight W (V, H) (+ bias), never holding the (N, V) logits.
+the lm_head weight W (V, H) (+ bias), never holding the (N, V) logits. The backend contract is
+rlaifv_fast.ops._linear_backend.LinearKernels.
 
-    z[n, v] = (h[n] . W[v] + b[v]) / tau        lse[n] = log sum_v exp z[n, v]        l[n] = z[n, y[n]] - lse[n]
+    a[n, v] = h[n] . W[v] + b[v]        z = softcap * tanh(s * a / softcap) / tau   (without soft-capping: s * a / tau)
+    lse[n] = log sum_v exp z[n, v]      l[n] = z[n, y[n]] - lse[n]
+
+with s the logit scale; soft-capping is a constexpr (HAS_SOFTCAP), so plain heads pay nothing for it.
 
 Forward (`_forward_kernel`, grid (row blocks, vocabulary splits)): a (BLOCK_N, BLOCK_V) tile of z lives in registers,
 built by a loop over H; an online max/sum-exp runs over the split's vocabulary tiles and each split writes one
@@ -10,9 +14,10 @@ vocabulary splits give the GPU enough programs for short batches). The label log
 Only the per-token fp32 lse is saved for the backward.
 
 Backward (`_backward_kernel`, grid (row blocks, vocabulary tiles)): recompute the tile, form
-    dz[n, v] = c[n] * (1[v == y[n]] - exp(z[n, v] - lse[n])) / tau
+    da[n, v] = c[n] * (1[v == y[n]] - exp(z[n, v] - lse[n])) * dz/da / tau
+    dz/da = s * sech^2(s * a / softcap)   (without soft-capping: s)
 with c[n] the upstream gradient of token n (a per-sequence dL/dS broadcast over its tokens, divided by the count for
-means), then accumulate dh += dz W and dW += dz^T h (and db += sum_n dz) in fp32 with atomic adds.
+means), then accumulate dh += da W and dW += da^T h (and db += sum_n da) in fp32 with atomic adds.
 
 Masked tokens (label == ignore_index) are dropped before any matmul: the host side orders the rows valid-first with a
 stable sort and passes the number of valid rows as a device tensor, so a program whose row block lies past it returns
@@ -29,6 +34,8 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
+from .._linear_backend import LogitTransform
 
 BLOCK_N = 32
 BLOCK_V = 64
@@ -58,12 +65,31 @@ def _dot(a, b, acc, DOT_FP32: tl.constexpr):
 
 
 @triton.jit
+def _tanh_sech2(x):
+    """(tanh x, sech^2 x) through e = exp(-2|x|): tanh = sign(x) (1 - e) / (1 + e), sech^2 = 4e / (1 + e)^2, so a
+    saturated tanh keeps the relative accuracy of its tiny slope (no 1 - tanh^2 cancellation)."""
+    e = tl.exp(-2.0 * tl.abs(x))
+    t = (1.0 - e) / (1.0 + e)
+    return tl.where(x < 0, -t, t), 4.0 * e / ((1.0 + e) * (1.0 + e))
+
+
+@triton.jit
+def _capped(a, logit_scale, softcap, HAS_SOFTCAP: tl.constexpr):
+    """softcap * tanh(logit_scale * a / softcap), or logit_scale * a without soft-capping (before the temperature)."""
+    u = a * logit_scale
+    if HAS_SOFTCAP:
+        t, _ = _tanh_sech2(u / softcap)
+        u = softcap * t
+    return u
+
+
+@triton.jit
 def _forward_kernel(
     h_ptr, row_off_ptr, count_ptr, stride_hh,
     w_ptr, stride_wv, stride_wh, b_ptr,
     y_ptr, part_m_ptr, part_s_ptr, label_z_ptr,
-    H, V, v_per_split, num_splits, inv_tau,
-    HAS_BIAS: tl.constexpr, WITH_LABELS: tl.constexpr, DOT_FP32: tl.constexpr,
+    H, V, v_per_split, num_splits, inv_tau, logit_scale, softcap,
+    HAS_BIAS: tl.constexpr, HAS_SOFTCAP: tl.constexpr, WITH_LABELS: tl.constexpr, DOT_FP32: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
@@ -95,7 +121,7 @@ def _forward_kernel(
             z = _dot(h, tl.trans(w), z, DOT_FP32)
         if HAS_BIAS:
             z += tl.load(b_ptr + vs, mask=v_ok, other=0.0).to(tl.float32)[None, :]
-        z = tl.where(v_ok[None, :], z * inv_tau, float("-inf"))
+        z = tl.where(v_ok[None, :], _capped(z, logit_scale, softcap, HAS_SOFTCAP) * inv_tau, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(z, axis=1))
         # every tile holds at least one real column, so m_new is -inf only for a row of -inf logits (NaN, as wanted)
         s_i = s_i * tl.exp(m_i - m_new) + tl.sum(tl.exp(z - m_new[:, None]), axis=1)
@@ -117,7 +143,7 @@ def _forward_kernel(
                 acc += tl.sum(h.to(tl.float32) * w.to(tl.float32), axis=1)
             if HAS_BIAS:
                 acc += tl.load(b_ptr + y, mask=row_ok, other=0.0).to(tl.float32)
-            tl.store(label_z_ptr + rows, acc * inv_tau, mask=row_ok)
+            tl.store(label_z_ptr + rows, _capped(acc, logit_scale, softcap, HAS_SOFTCAP) * inv_tau, mask=row_ok)
 
 
 @triton.jit
@@ -126,8 +152,9 @@ def _backward_kernel(
     w_ptr, stride_wv, stride_wh, b_ptr,
     y_ptr, lse_ptr, coef_ptr,
     dh_ptr, dw_ptr, db_ptr,
-    H, V, inv_tau,
-    HAS_BIAS: tl.constexpr, NEED_DH: tl.constexpr, NEED_DW: tl.constexpr, NEED_DB: tl.constexpr,
+    H, V, inv_tau, logit_scale, softcap,
+    HAS_BIAS: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
+    NEED_DH: tl.constexpr, NEED_DW: tl.constexpr, NEED_DB: tl.constexpr,
     DOT_FP32: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
@@ -155,9 +182,16 @@ def _backward_kernel(
     lse = tl.load(lse_ptr + rows, mask=row_ok, other=0.0)
     coef = tl.load(coef_ptr + rows, mask=row_ok, other=0.0) * inv_tau
     y = tl.load(y_ptr + rows, mask=row_ok, other=-1).to(tl.int64)
-    p = tl.exp(z * inv_tau - lse[:, None])
+    u = z * logit_scale
+    if HAS_SOFTCAP:
+        t, sech2 = _tanh_sech2(u / softcap)
+        p = tl.exp(softcap * t * inv_tau - lse[:, None])
+        coef_v = coef[:, None] * (logit_scale * sech2)  # the cap's slope dz/da, per entry
+    else:
+        p = tl.exp(u * inv_tau - lse[:, None])
+        coef_v = coef[:, None] * logit_scale
     onehot = (vs[None, :] == y[:, None]).to(tl.float32)
-    dz = coef[:, None] * (onehot - p)
+    dz = coef_v * (onehot - p)
     dz = tl.where(row_ok[:, None] & v_ok[None, :], dz, 0.0)
 
     if NEED_DB:
@@ -216,7 +250,7 @@ class Rows:
         self.n = B * T
 
 
-def _launch_forward(h, rows: Rows, weight, bias, inv_tau: float, with_labels: bool):
+def _launch_forward(h, rows: Rows, weight, bias, transform: LogitTransform, with_labels: bool):
     N = rows.n
     V, H = weight.shape
     dev = h.device
@@ -233,38 +267,48 @@ def _launch_forward(h, rows: Rows, weight, bias, inv_tau: float, with_labels: bo
         h, rows.h_off, rows.count, h.stride(2),
         weight, weight.stride(0), weight.stride(1), bias if bias is not None else weight,
         rows.labels, part_m, part_s, label_z,
-        H, V, v_per_split, splits, inv_tau,
-        HAS_BIAS=bias is not None, WITH_LABELS=with_labels, DOT_FP32=_dot_fp32(h.dtype), **cfg,
+        H, V, v_per_split, splits, *_scalars(transform),
+        HAS_BIAS=bias is not None, HAS_SOFTCAP=transform.softcap is not None, WITH_LABELS=with_labels,
+        DOT_FP32=_dot_fp32(h.dtype), **cfg,
     )
     lse = torch.logsumexp(part_m + torch.log(part_s), dim=1)
     return lse, label_z
 
 
-def token_logps(hidden, weight, bias, labels, ignore_index: int, temperature: float):
+def _scalars(transform: LogitTransform) -> tuple[float, float, float]:
+    """(inv_tau, logit_scale, softcap) kernel arguments (softcap 1.0 when off: never read then)."""
+    return 1.0 / transform.temperature, transform.logit_scale, transform.softcap or 1.0
+
+
+def token_logps(hidden, weight, bias, labels, ignore_index: int, transform: LogitTransform):
     """Per-token log-probs and lse (B, T') fp32 (zero where masked) for aligned hidden (B, T', H) and labels
-    (B, T'), and a device flag tensor (1 where a valid label lies outside [0, V)) for the caller's one check."""
+    (B, T'), and None; or (None, None, the first flat position with an invalid label), found after the launches by
+    the one host synchronisation (the kernels never read out of bounds)."""
     B, T, H = hidden.shape
     V = weight.shape[0]
     rows = Rows(hidden, labels, ignore_index, V)
     valid_sorted = torch.arange(rows.n, device=hidden.device) < rows.count
-    lse, label_z = _launch_forward(hidden, rows, weight, bias, 1.0 / temperature, True)
+    lse, label_z = _launch_forward(hidden, rows, weight, bias, transform, True)
     tok = torch.zeros(rows.n, dtype=torch.float32, device=hidden.device)
     lse_out = torch.zeros_like(tok)
     tok.index_copy_(0, rows.order, torch.where(valid_sorted, label_z - lse, 0.0))
     lse_out.index_copy_(0, rows.order, torch.where(valid_sorted, lse, 0.0))
-    return tok.view(B, T), lse_out.view(B, T)
+    bad = (labels != ignore_index) & ((labels < 0) | (labels >= V))
+    if bool(bad.any()):
+        return None, None, int(bad.reshape(-1).nonzero()[0])
+    return tok.view(B, T), lse_out.view(B, T), None
 
 
-def row_lse(hidden2d, weight, bias):
-    """lse over the full vocabulary of every row of (N, H) hidden states (temperature 1), fp32 (N,)."""
+def row_lse(hidden2d, weight, bias, transform: LogitTransform):
+    """lse of z over the full vocabulary for every row of (N, H) hidden states, fp32 (N,)."""
     h = hidden2d.unsqueeze(1)
     labels = torch.zeros(h.shape[:2], dtype=torch.int64, device=h.device)
     rows = Rows(h, labels, -1, weight.shape[0])  # every row is valid and rows keep their order
-    lse, _ = _launch_forward(h, rows, weight, bias, 1.0, False)
+    lse, _ = _launch_forward(h, rows, weight, bias, transform, False)
     return lse
 
 
-def token_logps_backward(grad, hidden, weight, bias, labels, lse, ignore_index: int, temperature: float,
+def token_logps_backward(grad, hidden, weight, bias, labels, lse, ignore_index: int, transform: LogitTransform,
                          need_dh: bool, need_dw: bool, need_db: bool):
     """(dh (B, T', H) fp32 or None, dW (V, H) fp32 or None, db (V,) fp32 or None) of sum grad * l."""
     B, T, H = hidden.shape
@@ -284,8 +328,9 @@ def token_logps_backward(grad, hidden, weight, bias, labels, lse, ignore_index: 
             weight, weight.stride(0), weight.stride(1), bias if bias is not None else weight,
             rows.labels, lse_sorted, coef,
             dh if need_dh else dummy, dw if need_dw else dummy, db if need_db else dummy,
-            H, V, 1.0 / temperature,
-            HAS_BIAS=bias is not None, NEED_DH=need_dh, NEED_DW=need_dw, NEED_DB=need_db,
+            H, V, *_scalars(transform),
+            HAS_BIAS=bias is not None, HAS_SOFTCAP=transform.softcap is not None,
+            NEED_DH=need_dh, NEED_DW=need_dw, NEED_DB=need_db,
             DOT_FP32=_dot_fp32(hidden.dtype), **cfg,
         )
     if need_dh:

@@ -187,9 +187,9 @@ def _policy_logps(model, batch, *, ipo: bool, path: str = "logits") -> torch.Ten
     """Per-sequence log-probs of the [chosen; rejected] batch: one forward, logits from the shortest prompt on.
 
     path "logits": the model's logits (B, T', V) then sequence_logps. path "lm_head_chunked": the model returns its
-    last hidden states (and one position of logits), and linear_sequence_logps applies the LM head fused with
-    the log-probs, so the (B, T', V) logits never exist, in the forward or the backward (which recomputes them in
-    bounded tiles)."""
+    last hidden states (and one position of logits), and linear_sequence_logps applies the LM head (with the model's
+    logit scale and final-logit soft-capping, engines.lm_head.LMHead) fused with the log-probs, so the (B, T', V)
+    logits never exist, in the forward or the backward (which recomputes them in bounded tiles)."""
     T = batch.labels.shape[1]
     labels = batch.labels[:, batch.offset :]
     if path == "logits":
@@ -199,7 +199,7 @@ def _policy_logps(model, batch, *, ipo: bool, path: str = "logits") -> torch.Ten
     # Through the (possibly DDP-wrapped) model's own forward, so distributed hooks see every parameter use.
     out = model(**batch.inputs, use_cache=False, logits_to_keep=1, output_hidden_states=True)
     hidden = out.hidden_states[-1][:, batch.offset :]
-    head = _unwrap(model).get_output_embeddings()
+    head = LMHead.of(_unwrap(model))
     from ...ops import linear_sequence_logps
 
     # the dtype F.linear would compute in: autocast's when it is on (bf16 training), else the weight's
@@ -207,7 +207,7 @@ def _policy_logps(model, batch, *, ipo: bool, path: str = "logits") -> torch.Ten
     dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else head.weight.dtype
     bias = head.bias.to(dtype) if head.bias is not None else None
     return linear_sequence_logps(hidden.to(dtype), head.weight.to(dtype), labels, bias=bias, shift=True,
-                                 average=ipo).logps
+                                 average=ipo, **head.op_kwargs()).logps
 
 
 def _unwrap(model):
@@ -286,12 +286,6 @@ def train_dpo(
         engine = HFEngine(model_path, device=accelerator.device, dtype=torch.float32,
                           trust_remote_code=config.trust_remote_code)
         model = engine.model
-        head = LMHead.of(model)
-        if config.logps_path == "lm_head_chunked" and not head.plain:
-            # the lm_head-fused op computes h W^T + b; a scaled or soft-capped head would give silently wrong
-            # log-probs (policy and reference would disagree), so this combination is refused
-            raise ValueError(f"{model_path}: --logps-path lm_head_chunked does not apply this model's {head.describe()}"
-                             "; use --logps-path logits (the model's own logits)")
         processor = engine.processor if engine.processor is not None else engine.tokenizer
         vision = _vision_prefixes(model)
         if config.freeze_vision_tower:
