@@ -175,10 +175,15 @@ template <class Acc> RF_HD Acc token_logp(Acc label_logit, Acc inv_temp, Acc lse
   return label_logit * inv_temp - lse;
 }
 
-// d token_logp / d x_v scaled by the upstream coefficient: coef * (1[v == label] - softmax_v) * inv_temp.
-template <class Acc> RF_HD Acc token_grad(Acc x, bool is_label, Acc coef, Acc inv_temp, Acc lse) {
-  const Acc p = acc_exp<Acc>(x * inv_temp - lse);
+// d token_logp / d x_v scaled by the upstream coefficient, from the entry's softmax probability p:
+// coef * (1[v == label] - p) * inv_temp. The CPU row loop calls it with its vectorised exp.
+template <class Acc> RF_HD Acc softmax_grad(Acc p, bool is_label, Acc coef, Acc inv_temp) {
   return coef * ((is_label ? Acc(1) : Acc(0)) - p) * inv_temp;
+}
+
+// The same from the logit x_v and the row's lse (of the scaled logits).
+template <class Acc> RF_HD Acc token_grad(Acc x, bool is_label, Acc coef, Acc inv_temp, Acc lse) {
+  return softmax_grad<Acc>(acc_exp<Acc>(x * inv_temp - lse), is_label, coef, inv_temp);
 }
 
 // Whether a label addresses a vocabulary entry, is masked, or is invalid (outside [0, V) and not ignore_index).

@@ -47,4 +47,21 @@ RF_HD int64_t label_at(const IndexView& y, int64_t b, int64_t t) {
   return load_index_any(y.data, y.dtype, b * y.sb + t * y.st);
 }
 
+// The prologue every per-token kernel shares (CPU loops and CUDA blocks alike): flat row r of the (B, T) grid, its
+// (b, t), its label and whether that label is valid, masked or invalid.
+struct TokenRow {
+  int64_t r, b, t, label;
+  LabelKind kind;
+};
+
+RF_HD TokenRow token_row(const RowsView& x, const IndexView& y, int64_t r, int64_t ignore_index) {
+  TokenRow row;
+  row.r = r;
+  row.b = r / x.T;
+  row.t = r - row.b * x.T;
+  row.label = label_at(y, row.b, row.t);
+  row.kind = classify_label(row.label, ignore_index, x.V);
+  return row;
+}
+
 }  // namespace rlaifv

@@ -72,11 +72,9 @@ void rows_grad(const RowsView& x, const IndexView& y, double inv_temp, const voi
     const int64_t n_rows = x.B * x.T;
 #pragma omp parallel for schedule(guided)
     for (int64_t r = 0; r < n_rows; ++r) {
-      const int64_t b = r / x.T;
-      const int64_t t = r - b * x.T;
-      int64_t label = label_at(y, b, t);
-      if (label < 0 || label >= x.V) label = -1;  // the label lies in another block of the vocabulary
-      row_grad<T, T>(row_ptr<T>(x, b, t), row_ptr<T>(dx, b, t), x.V, label, coef[r], it, lse[r]);
+      const TokenRow row = token_row(x, y, r, -1);
+      const int64_t label = row.kind == LabelKind::kValid ? row.label : -1;  // else: in another vocabulary block
+      row_grad<T, T>(row_ptr<T>(x, row.b, row.t), row_ptr<T>(dx, row.b, row.t), x.V, label, coef[r], it, lse[r]);
     }
   });
 }

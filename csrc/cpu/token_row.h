@@ -22,15 +22,12 @@ int64_t for_each_token_row(const RowsView& x, const IndexView& y, int64_t ignore
   int64_t first_bad = kNoError;
 #pragma omp parallel for schedule(guided) reduction(min : first_bad)
   for (int64_t r = 0; r < n_rows; ++r) {
-    const int64_t b = r / x.T;
-    const int64_t t = r - b * x.T;
-    const int64_t label = label_at(y, b, t);
-    const LabelKind kind = classify_label(label, ignore_index, x.V);
-    if (kind == LabelKind::kValid) {
-      f(r, b, t, label);
+    const TokenRow row = token_row(x, y, r, ignore_index);
+    if (row.kind == LabelKind::kValid) {
+      f(r, row.b, row.t, row.label);
     } else {
-      if (kind == LabelKind::kInvalid && r < first_bad) first_bad = r;
-      f_masked(r, b, t);
+      if (row.kind == LabelKind::kInvalid && r < first_bad) first_bad = r;
+      f_masked(r, row.b, row.t);
     }
   }
   return first_bad;

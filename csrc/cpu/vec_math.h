@@ -73,11 +73,10 @@ template <class T, class TOut, class Acc = typename AccOf<T>::type>
 void row_grad(const T* row, TOut* dx, int64_t V, int64_t label, Acc coef, Acc inv_temp, Acc lse) {
   // read the label logit first: with an in-place backward dx aliases row
   const Acc x_label = label >= 0 ? static_cast<Acc>(load(row + label)) : Acc(0);
-  const Acc scale = -coef * inv_temp;
 #pragma omp simd
   for (int64_t v = 0; v < V; ++v) {
     const Acc x = static_cast<Acc>(load(row + v)) * inv_temp;
-    store(dx + v, scale * exp_vec(x - lse));
+    store(dx + v, softmax_grad<Acc>(exp_vec(x - lse), false, coef, inv_temp));  // the label entry follows
   }
   if (label >= 0) store(dx + label, token_grad<Acc>(x_label, true, coef, inv_temp, lse));
 }

@@ -11,15 +11,15 @@ template <class T, class Acc = typename AccOf<T>::type>
 __global__ void bon_token_rewards_kernel(RowsView policy, RowsView ref, bool has_ref_logits, const Acc* ref_logps,
                                          IndexView y, int64_t ignore_index, Acc inv_temp, Acc* out_diff,
                                          int64_t* err) {
-  const int64_t r = blockIdx.x;
-  const int64_t b = r / policy.T;
-  const int64_t t = r - b * policy.T;
-  const int64_t label = label_at(y, b, t);
-  const LabelKind kind = classify_label(label, ignore_index, policy.V);
-  if (kind != LabelKind::kValid) {
+  const TokenRow tr = token_row(policy, y, blockIdx.x, ignore_index);
+  const int64_t r = tr.r;
+  const int64_t b = tr.b;
+  const int64_t t = tr.t;
+  const int64_t label = tr.label;
+  if (tr.kind != LabelKind::kValid) {
     if (threadIdx.x == 0) {
       out_diff[r] = Acc(0);
-      if (kind == LabelKind::kInvalid) report_error(err, r);
+      if (tr.kind == LabelKind::kInvalid) report_error(err, r);
     }
     return;
   }

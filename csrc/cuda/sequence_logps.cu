@@ -10,24 +10,21 @@ namespace cuda {
 template <class T, class Acc = typename AccOf<T>::type>
 __global__ void token_logps_forward_kernel(RowsView x, IndexView y, int64_t ignore_index, Acc inv_temp, Acc* out_logp,
                                            Acc* out_lse, int64_t* err) {
-  const int64_t r = blockIdx.x;
-  const int64_t b = r / x.T;
-  const int64_t t = r - b * x.T;
-  const int64_t label = label_at(y, b, t);
-  const LabelKind kind = classify_label(label, ignore_index, x.V);
-  if (kind != LabelKind::kValid) {
+  const TokenRow tr = token_row(x, y, blockIdx.x, ignore_index);
+  const int64_t r = tr.r;
+  if (tr.kind != LabelKind::kValid) {
     if (threadIdx.x == 0) {
       out_logp[r] = Acc(0);
       out_lse[r] = Acc(0);
-      if (kind == LabelKind::kInvalid) report_error(err, r);
+      if (tr.kind == LabelKind::kInvalid) report_error(err, r);
     }
     return;
   }
-  const T* row = row_ptr<T>(x, b, t);
+  const T* row = row_ptr<T>(x, tr.b, tr.t);
   const Acc lse = block_row_lse<T>(row, x.V, inv_temp);
   if (threadIdx.x == 0) {
     out_lse[r] = lse;
-    out_logp[r] = token_logp<Acc>(static_cast<Acc>(load(row + label)), inv_temp, lse);
+    out_logp[r] = token_logp<Acc>(static_cast<Acc>(load(row + tr.label)), inv_temp, lse);
   }
 }
 
@@ -37,14 +34,13 @@ template <class T, class Acc = typename AccOf<T>::type>
 __global__ void token_logps_backward_kernel(RowsView x, IndexView y, int64_t ignore_index, Acc inv_temp,
                                             const Acc* coef, const Acc* lse, MutRowsView dx, bool block_labels) {
   constexpr int N = PackOf<T>::N;
-  const int64_t r = blockIdx.x;
-  const int64_t b = r / x.T;
-  const int64_t t = r - b * x.T;
-  int64_t label = label_at(y, b, t);
-  const T* row = row_ptr<T>(x, b, t);
-  T* out = row_ptr<T>(dx, b, t);
+  const TokenRow tr = token_row(x, y, blockIdx.x, ignore_index);
+  const int64_t r = tr.r;
+  int64_t label = tr.label;
+  const T* row = row_ptr<T>(x, tr.b, tr.t);
+  T* out = row_ptr<T>(dx, tr.b, tr.t);
   const int64_t V = x.V;
-  if (classify_label(label, ignore_index, V) != LabelKind::kValid) {
+  if (tr.kind != LabelKind::kValid) {
     if (block_labels) {
       label = -1;  // no column of this block is the label
     } else {
