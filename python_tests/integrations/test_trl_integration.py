@@ -274,11 +274,6 @@ def test_fused_head_outputs_and_gradients_match_trl(tiny_llama, head):
     attention_mask[2, :2] = 0  # left padding
     labels = input_ids.masked_fill(torch.rand(3, 11) < 0.4, -100)
     labels[1] = -100  # an all-masked row
-    if (scale is not None or softcap is not None) and not fused._OP_HEAD_ARGS:
-        # this build's op cannot apply the head's transform: refused when patching, never a wrong number
-        with pytest.raises(ValueError, match=r"logit scale 0\.5 and final-logit soft-capping 3\.0"):
-            fused.add_fused_logps_lm_head(_head_model(tiny_llama, bias, scale, softcap), outputs=fields)
-        return
     results = []
     for patch in (add_fused_lm_head, fused.add_fused_logps_lm_head):
         model = _head_model(tiny_llama, bias, scale, softcap)
@@ -327,6 +322,42 @@ def test_fused_head_outputs_and_gradients_match_trl(tiny_llama, head):
         assert out.log_probs.shape == (3, 10) and (out.log_probs == 0).all() and (out.entropy == 0).all()
         out.log_probs.sum().backward()
         assert model.lm_head.weight.grad is not None and (model.lm_head.weight.grad == 0).all()
+
+
+@requires_supported_trl
+@pytest.mark.parametrize("scale, softcap", [(1.0, None), (0.5, 60.0)], ids=["plain", "scaled-softcapped"])
+def test_metric_fields_over_many_blocks_match_float64_oracle(monkeypatch, scale, softcap):
+    """The no-grad metric pass merged over many (rows, vocabulary slice) blocks: large logits (|z| ~ 100), ties
+    between a label and an equal logit in an earlier column (also in an earlier slice), a bias, temperature."""
+    from rlaifv_fast.engines.lm_head import LMHead
+    from rlaifv_fast.integrations import trl as fused
+
+    monkeypatch.setitem(fused._METRIC_CELLS, "cpu", 300)  # slices of 256 columns, one row per block
+    assert fused._metric_blocks(12, 700, torch.device("cpu")) == (1, 256)
+    g = torch.Generator().manual_seed(0)
+    N, H, V = 12, 16, 700
+    weight = torch.randn(V, H, generator=g) * 3
+    weight[10] = weight[3]  # the same slice
+    weight[600] = weight[3]  # a later slice
+    bias = torch.randn(V, generator=g)
+    bias[10] = bias[600] = bias[3]
+    hidden = torch.randn(N, H, generator=g) * 3
+    hidden[:4] = weight[3] * 2  # rows whose maximum is column 3, tied with 10 and 600
+    targets = torch.randint(0, V, (N,), generator=g)
+    targets[:4] = torch.tensor([3, 10, 600, 3])
+    head = LMHead(weight, bias, scale, softcap)
+    got = fused._metric_fields(hidden, weight, bias, targets, head, 0.7, fused._OPTIONAL_OUTPUTS)
+    z = head.transform(torch.nn.functional.linear(hidden.double(), weight.double(), bias.double())) / 0.7
+    assert z.abs().max() > 50
+    logp = torch.log_softmax(z, dim=-1)
+    p = logp.exp()
+    torch.testing.assert_close(got["entropy"].double(), -(p * logp).sum(-1), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got["log_sum_sq_probs"].double(), torch.log((p * p).sum(-1)), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got["mean_logits"].double(), z.mean(-1), rtol=1e-5, atol=1e-4)
+    expected_top1 = z.argmax(-1) == targets
+    assert expected_top1[:4].tolist() == [True, False, False, True]  # the first of tied maxima counts
+    assert torch.equal(got["is_top1"], expected_top1)
+    assert fused._metric_fields(hidden, weight, bias, targets, head, 0.7, ("log_probs",)) == {}
 
 
 @requires_supported_trl

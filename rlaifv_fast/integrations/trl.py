@@ -35,9 +35,9 @@ Only that fused head: `add_fused_logps_lm_head` is TRL's `add_fused_lm_head` (sa
 and a no-grad pass for the metric fields asked for (`_metric_fields`: the same projection in bounded blocks of rows x
 vocabulary slices, merged online as TRL's kernel does). The per-token values are scattered back to `(B, T-1)` with
 zeros at masked positions exactly as TRL does, so everything downstream is TRL's own unchanged code. The head's logit
-scale and soft-capping come from `LMHead.of(model)` (`engines/lm_head.py`: the lookup TRL itself does). A scaled or
-soft-capped head needs `linear_sequence_logps(..., logit_scale=, softcap=)`; where the installed op lacks those
-arguments, such a head is refused with ValueError at patch time rather than scored wrongly.
+scale and final-logit soft-capping come from `LMHead.of(model)` (`engines/lm_head.py`: the lookup TRL itself does)
+and go to the op as `LMHead.op_kwargs()` (logit_scale=, softcap=), in the order TRL applies them:
+z = softcap * tanh(scale * (h W^T + b) / softcap) / temperature.
 
 The dtype is TRL's: the projection runs in the autocast dtype when autocast is on (DPOConfig's default on CPU:
 `bf16=True`), else in the hidden states' dtype (fp32 with `cast_lm_head_to_fp32`). The op accumulates in fp32; on the
@@ -76,7 +76,6 @@ from __future__ import annotations
 
 import functools
 import importlib.metadata
-import inspect
 import threading
 import types
 from contextlib import contextmanager, nullcontext
@@ -86,7 +85,7 @@ import torch.nn.functional as F
 from packaging.specifiers import SpecifierSet
 from packaging.version import InvalidVersion, Version
 
-from ..engines.lm_head import LMHead, head_transform
+from ..engines.lm_head import LMHead
 from ..ops.linear_logps import linear_sequence_logps
 
 SUPPORTED_TRL = ">=1.15.0,<1.17"
@@ -97,10 +96,6 @@ SUPPORTED_TRL = ">=1.15.0,<1.17"
 _METRIC_CELLS = {"cpu": 1 << 20}
 _METRIC_CELLS_DEFAULT = 1 << 24
 _METRIC_MIN_SLICE = 256
-
-# Whether the installed op applies a scaled / soft-capped head itself.
-_OP_HEAD_ARGS = {"logit_scale", "softcap"} <= set(inspect.signature(linear_sequence_logps).parameters)
-
 
 def trl_version() -> str | None:
     """The installed TRL version, or None when TRL is not installed."""
@@ -158,20 +153,6 @@ def _refuse_zero3() -> None:
         raise ValueError(_ZERO3_REFUSAL)
 
 
-def _head_kwargs(scale: float, softcap: float | None, model_type: str) -> dict:
-    """linear_sequence_logps's keyword arguments for a head's logit scale and soft-capping (none for a plain head);
-    ValueError where the installed op cannot apply them."""
-    if scale == 1.0 and softcap is None:
-        return {}
-    if not _OP_HEAD_ARGS:
-        raise ValueError(
-            f"rlaifv_fast's fused DPO log-probs: this {model_type!r} model's LM head has logit scale {scale} and "
-            f"final-logit soft-capping {softcap}, which this build's linear_sequence_logps cannot apply (it has no "
-            "logit_scale= / softcap= arguments); use TRL's own DPOTrainer for this model"
-        )
-    return {"logit_scale": scale, "softcap": softcap}
-
-
 def _metric_blocks(n: int, V: int, device: torch.device) -> tuple[int, int]:
     """(rows, vocabulary columns) of one metric-pass block: rows * columns <= the device's bound."""
     cells = _METRIC_CELLS.get(device.type, _METRIC_CELLS_DEFAULT)
@@ -193,8 +174,11 @@ def _metric_fields(
     """TRL's optional per-token fields (`ChunkedLogProbFunction`: entropy, log sum_v p_v^2, mean logit, whether the
     label is the first maximum) of z = head.transform(hidden @ weight.T + bias) / temperature, without gradient.
 
-    The projection runs in hidden's dtype (TRL's compute dtype) into blocks of at most `_metric_blocks` values, the
-    statistics in fp32 (fp64 for fp64 inputs), merged over vocabulary slices online as TRL's kernel does."""
+    The projection runs in hidden's dtype (TRL's compute dtype) one (rows, slice) block at a time into a reused
+    buffer of at most `_metric_blocks` values; the statistics, in fp32 (fp64 for fp64 inputs), are merged over the
+    slices online as TRL's kernel does, but kept relative to the running maximum m: per row s = sum_v e_v,
+    a = sum_v e_v (z_v - m), q = sum_v e_v^2 with e_v = exp(z_v - m), so that entropy = log s - a / s never subtracts
+    two large numbers. Row sums are matrix-vector products over the buffer (no temporaries)."""
     wanted = [name for name in _OPTIONAL_OUTPUTS if name in outputs]
     if not wanted:
         return {}
@@ -203,43 +187,64 @@ def _metric_fields(
     acc = torch.float64 if hidden.dtype == torch.float64 else torch.float32
     run_max = torch.full((N,), float("-inf"), device=device, dtype=acc)
     sum_exp = torch.zeros((N,), device=device, dtype=acc)
-    z_sum_exp = torch.zeros_like(sum_exp)  # sum_v e_v z_v (entropy)
-    sq_sum_exp = torch.zeros_like(sum_exp)  # sum_v e_v^2 (log_sum_sq_probs)
-    z_sum = torch.zeros_like(sum_exp)  # sum_v z_v (mean_logits)
-    best = torch.full((N,), float("-inf"), device=device, dtype=acc)  # is_top1: first maximum and its column
+    rel_sum = torch.zeros_like(sum_exp)  # a: sum_v e_v (z_v - m)
+    sq_sum = torch.zeros_like(sum_exp)  # q: sum_v e_v^2
+    z_sum = torch.zeros_like(sum_exp)  # sum_v z_v
+    best = torch.full((N,), float("-inf"), device=device, dtype=acc)  # is_top1: the first maximum and its column
     best_at = torch.zeros((N,), device=device, dtype=torch.long)
     rows, cols = _metric_blocks(N, V, device)
+    z_buf = torch.empty((rows * cols,), device=device, dtype=acc)
+    e_buf = torch.empty_like(z_buf)
+    ones = torch.ones((cols,), device=device, dtype=acc)
     inv_t = 1.0 / temperature
     for r0 in range(0, N, rows):
         r = slice(r0, min(r0 + rows, N))
         h = hidden[r]
+        n = h.shape[0]
         for v0 in range(0, V, cols):
             v1 = min(v0 + cols, V)
+            c = v1 - v0
+            z = z_buf[: n * c].view(n, c)
+            e = e_buf[: n * c].view(n, c)
             # as TRL: the projection in the compute dtype, then scale, soft-capping and temperature in fp32
-            z = head.transform(F.linear(h, weight[v0:v1], None if bias is None else bias[v0:v1]).to(acc))
+            w, b = weight[v0:v1], None if bias is None else bias[v0:v1]
+            if h.dtype == acc:
+                torch.mm(h, w.t(), out=z)
+                if b is not None:
+                    z.add_(b)
+            else:
+                z.copy_(F.linear(h, w, b))
+            if not head.plain:
+                z.copy_(head.transform(z))
             if inv_t != 1.0:
-                z = z * inv_t
+                z.mul_(inv_t)
             if "mean_logits" in wanted:
-                z_sum[r] += z.sum(-1)
-            block_max, block_at = z.max(-1)  # first maximum of the block
+                z_sum[r] += z @ ones[:c]
             if "is_top1" in wanted:
+                block_max, block_at = z.max(-1)  # the first maximum of the block
                 later = block_max > best[r]  # a tie with an earlier column keeps that column
                 best[r] = torch.where(later, block_max, best[r])
                 best_at[r] = torch.where(later, block_at + v0, best_at[r])
-            new_max = torch.maximum(run_max[r], block_max)
-            rescale = torch.exp(run_max[r] - new_max)
-            e = torch.exp(z - new_max.unsqueeze(-1))
-            sum_exp[r] = sum_exp[r] * rescale + e.sum(-1)
+            else:
+                block_max = z.amax(-1)
+            old_max, old_sum = run_max[r], sum_exp[r]
+            new_max = torch.maximum(old_max, block_max)
+            rescale = torch.exp(old_max - new_max)
+            d = z.sub_(new_max.unsqueeze(-1))  # z - m', in place
+            torch.exp(d, out=e)
+            block_sum = e @ ones[:c]
             if "entropy" in wanted:
-                z_sum_exp[r] = z_sum_exp[r] * rescale + (e * z).sum(-1)
+                # a' = r (a + (m - m') s) + sum e (z - m'); nothing carried before the first block (s = 0)
+                carry = torch.where(old_sum > 0, rescale * (rel_sum[r] + (old_max - new_max) * old_sum), 0.0)
+                rel_sum[r] = carry + d.mul_(e) @ ones[:c]
             if "log_sum_sq_probs" in wanted:
-                sq_sum_exp[r] = sq_sum_exp[r] * rescale * rescale + (e * e).sum(-1)
+                sq_sum[r] = sq_sum[r] * rescale * rescale + e.mul_(e) @ ones[:c]
+            sum_exp[r] = old_sum * rescale + block_sum
             run_max[r] = new_max
-            del z, e
-    log_z = run_max + torch.log(sum_exp)
+    log_s = torch.log(sum_exp)
     fields = {
-        "entropy": lambda: (log_z - z_sum_exp / sum_exp).float(),
-        "log_sum_sq_probs": lambda: (torch.log(sq_sum_exp) - 2 * torch.log(sum_exp)).float(),
+        "entropy": lambda: (log_s - rel_sum / sum_exp).float(),
+        "log_sum_sq_probs": lambda: (torch.log(sq_sum) - 2 * log_s).float(),
         "mean_logits": lambda: (z_sum / V).float(),
         "is_top1": lambda: best_at == targets,
     }
@@ -255,8 +260,7 @@ def add_fused_logps_lm_head(
     """TRL's `add_fused_lm_head` with the label log-probs computed by `rlaifv_fast.linear_sequence_logps`:
     `model(..., labels=labels, fused_lm_head=True)` returns TRL's `FusedCausalLMOutput`; without `fused_lm_head` the
     call goes to the forward the model had before (generation is unchanged). Applying it twice to one model is a
-    no-op. Same arguments as TRL's function. Raises ValueError under DeepSpeed ZeRO-3 and for a scaled or soft-capped
-    head the installed op cannot apply."""
+    no-op. Same arguments as TRL's function. Raises ValueError under DeepSpeed ZeRO-3."""
     check_trl_version()
     _refuse_zero3()
     if getattr(model, _MARK, False):
@@ -268,7 +272,6 @@ def add_fused_logps_lm_head(
         raise ValueError(f"outputs: unknown per-token fields {sorted(unknown)}; known: log_probs, {_OPTIONAL_OUTPUTS}")
     previous_forward = model.forward
     text_config = model.config.get_text_config()
-    _head_kwargs(*head_transform(model.config), text_config.model_type)  # fail now, not at the first step
     # --- as TRL's add_fused_lm_head (transformers < 5 names a VLM's language backbone `model`) ---
     backbone_attr = "base_model"
     if text_config is not model.config and Version(transformers.__version__) < Version("5.0.0"):
@@ -329,8 +332,7 @@ def add_fused_logps_lm_head(
             targets = labels[mask]
             with torch.autocast(device_type, enabled=False):  # the dtypes are set: the op's matmuls stay in them
                 token_logps = linear_sequence_logps(
-                    h, w, targets, bias=b, temperature=temperature, return_per_token=True,
-                    **_head_kwargs(head.scale, head.softcap, text_config.model_type),
+                    h, w, targets, bias=b, temperature=temperature, return_per_token=True, **head.op_kwargs()
                 ).per_token
                 fields = _metric_fields(h, w, b, targets, head, temperature, outputs)
         # `masked_scatter` keeps the output connected to the model even when no label is valid (as TRL)
