@@ -135,3 +135,12 @@ def _assert_policy_equals_reference(fam, metrics):
     assert metrics["rewards/chosen"] == pytest.approx(0.0, abs=1e-5), fam.name
     assert metrics["rewards/rejected"] == pytest.approx(0.0, abs=1e-5), fam.name
     assert metrics["loss"] == pytest.approx(math.log(2), abs=1e-5), fam.name
+
+
+def test_readme_lists_every_family():
+    from pathlib import Path
+
+    from rlaifv_fast.testing.families import support_table
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    assert "<!-- families:start -->\n" + support_table() + "<!-- families:end -->" in readme
