@@ -1,12 +1,12 @@
 #!/usr/bin/env python
-"""Benchmark op 4, lm_head-fused log-probs: per-sequence label log-probs from hidden states and the lm_head weight,
+"""Benchmark the lm_head-fused log-probs: per-sequence label log-probs from hidden states and the lm_head weight,
 forward + backward (gradients of the hidden states and the weight), time and extra peak memory.
 
 Variants:
   ours            rlaifv_fast.linear_sequence_logps (CPU: the chunked path; CUDA: the Triton kernels)
   ours-chunked    (CUDA) the same op with RLAIFV_FAST_LINEAR_BACKEND=chunked set around forward and backward:
                   cuBLAS matmuls into a bounded buffer (linear_chunked.CUDA_CHUNK_BYTES) and the op-1 CUDA kernels
-  matmul+op1      logits = h @ W.T, then rlaifv_fast.sequence_logps(..., inplace_backward=True) (op 1 on the logits)
+  matmul+op1      logits = h @ W.T, then rlaifv_fast.sequence_logps(..., inplace_backward=True) (the fused op on the logits)
   plain           logits = h @ W.T, then fp32 log_softmax + gather + masked sum (the pure-PyTorch reference)
   liger-dpo       (CUDA, if liger_kernel imports) LigerFusedLinearDPOLoss without a reference model: chunked
                   matmul + loss, gradients computed in its forward
@@ -30,7 +30,7 @@ Outputs: a markdown table, benchmarks/results/linear_logps_<device>.json and .pn
 
   python benchmarks/bench_linear_logps.py                 # CPU: B2 T256 H512 V32000 fp32 (the issue's target)
   python benchmarks/bench_linear_logps.py --quick         # tiny shapes, seconds
-  python benchmarks/bench_linear_logps.py --device cuda   # bf16, the shapes of ../shared/design/ops.md
+  python benchmarks/bench_linear_logps.py --device cuda   # bf16, the GPU target shapes
 """
 
 from __future__ import annotations
@@ -410,7 +410,7 @@ def main(argv=None) -> int:
     json_path.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     png_path = args.out_dir / f"linear_logps_{device}.png"
     try:
-        plot(rows, png_path, f"op 4, lm_head-fused log-probs, {meta['device_name']} ({dtype_name})")
+        plot(rows, png_path, f"lm_head-fused log-probs, {meta['device_name']} ({dtype_name})")
     except ImportError:
         print("matplotlib missing: no plot")
     print(f"\nwrote {json_path} and {png_path}")

@@ -1,20 +1,20 @@
 #!/usr/bin/env python
 """Benchmark the fused ops of rlaifv_fast against plain-PyTorch baselines: time and extra peak memory.
 
-Ops and variants (see ../shared/design/ops.md for the semantics and the H100 numbers to beat):
-  sequence_logps  op 1, label log-probs summed per sequence, shift=True, ~10% of labels = ignore_index (-100).
+Ops and variants:
+  sequence_logps  label log-probs summed per sequence, shift=True, ~10% of labels = ignore_index (-100).
                   ours          rlaifv_fast.sequence_logps (fused forward, backward recomputed from a saved lse)
                   ours-inplace  the same with inplace_backward=True (the gradient overwrites the logits)
                   reference     rlaifv_fast.ops.reference.sequence_logps_reference (fp32 log_softmax + gather)
                   trl-row-loop  TRL's selective_log_softmax style: a Python loop over sequences, each doing
                                 log_softmax(logits[b].float()).gather(...) and a masked sum
                   phases fwd, bwd, fwd+bwd.
-  bon_rewards     op 2, Best-of-N reward from policy and reference logits (groups = all N): ours vs reference, fwd.
-  yes_no          op 3, yes/no log-probs from (B, V) logits, 2 yes and 2 no token ids: ours vs reference, fwd.
+  bon_rewards     Best-of-N reward from policy and reference logits (groups = all N): ours vs reference, fwd.
+  yes_no          yes/no log-probs from (B, V) logits, 2 yes and 2 no token ids: ours vs reference, fwd.
 
 What the numbers mean:
   median ms       median wall time of --repeats calls after one warm-up call (CUDA: CUDA events around the call).
-                  fwd      the forward with grad enabled for op 1 (logits.requires_grad, so the graph state needed by
+                  fwd      the forward with grad enabled for sequence_logps (logits.requires_grad, so the graph state needed by
                            the backward is built, as in training); ops 2 and 3 are forward-only and run without grad.
                   bwd      only the backward: the forward runs untimed first, then the timed part is
                            torch.autograd.grad((out.logps * g).sum(), logits) with a random per-sequence upstream
@@ -38,9 +38,9 @@ What the numbers mean:
   beyond grad MiB extra peak minus the gradient the backward must return (phases with a backward): the size of one
                   logits-sized tensor, or 0 when the returned gradient aliases the logits (in-place backward).
                   0 means "no memory beyond the required output".
-  floor ms        (CUDA only) bytes that must cross device memory / 3.02e12 B/s (H100 copy rate, as in ops.md):
-                  op 1 reads the logits in the forward and reads them + writes the gradient in the backward; op 2
-                  reads both logits tensors once; op 3 reads the logits once.
+  floor ms        (CUDA only) bytes that must cross device memory / 3.02e12 B/s (H100 copy rate):
+                  sequence_logps reads the logits in the forward and reads them + writes the gradient in the backward;
+                  bon_rewards reads both logits tensors once; yes_no reads the logits once.
 
 Outputs: a markdown table on stdout, JSON rows + metadata (default benchmarks/results/ops_<device>.json) and a bar plot
 (default benchmarks/results/ops_<device>.png).
@@ -81,7 +81,7 @@ OPS = ("sequence_logps", "bon_rewards", "yes_no")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 MMAP_THRESHOLD = "131072"
 
-# (op, shape) per device and mode. CUDA full shapes are those of ../shared/design/ops.md.
+# (op, shape) per device and mode. CUDA full shapes: the sizes of the GPU targets (B4 T2048 V152064 and the like).
 CASES = {
     ("cpu", False): [
         ("sequence_logps", {"B": 4, "T": 512, "V": 32000}),

@@ -79,7 +79,7 @@ run_step test "$TEST_TIMEOUT" "$PYTHON" -P -m pytest -m cuda python_tests -x -q 
 # 4. the CUDA benchmark: table on stdout, ops_cuda.json and ops_cuda.png in $OUT_DIR.
 run_step bench "$BENCH_TIMEOUT" "$PYTHON" benchmarks/bench_ops.py --device cuda --out-dir "$OUT_DIR"
 
-# 5. op 4 (lm_head-fused log-probs, Triton kernels) vs plain torch, and vs Liger-Kernel / cut-cross-entropy when
+# 5. the lm_head-fused log-probs ( Triton kernels) vs plain torch, and vs Liger-Kernel / cut-cross-entropy when
 #    importable (carry their pure-Python wheels and `pip install --no-deps --no-index` them first):
 #    linear_logps_cuda.json and linear_logps_cuda.png in $OUT_DIR.
 run_step bench_linear "$BENCH_LINEAR_TIMEOUT" "$PYTHON" benchmarks/bench_linear_logps.py --device cuda \

@@ -1,4 +1,4 @@
-"""Shared checks of op 4 (lm_head-fused log-probs) against the float64 oracle, used by test_linear_logps.py (chunked
+"""Shared checks of the lm_head-fused log-probs against the float64 oracle, used by test_linear_logps.py (chunked
 path, in process) and linear_triton_interp.py (the Triton kernels under TRITON_INTERPRET=1, in a child process)."""
 
 from __future__ import annotations

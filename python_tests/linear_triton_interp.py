@@ -1,4 +1,4 @@
-"""The Triton kernels of op 4 on CPU tensors under Triton's interpreter, against the float64 oracle.
+"""The Triton kernels of the lm_head-fused log-probs on CPU tensors under Triton's interpreter, against the float64 oracle.
 
 Not collected by itself (no test_ prefix): test_linear_logps.py::test_triton_kernels_in_the_interpreter runs this
 file in a child process with TRITON_INTERPRET=1 and RLAIFV_FAST_LINEAR_BACKEND=triton, because the interpreter must be

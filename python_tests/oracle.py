@@ -1,4 +1,5 @@
-"""Test helpers: random inputs in awkward layouts, and the float64 oracle with the accuracy rule of ops.md."""
+"""Test helpers: random inputs in awkward layouts, and the float64 oracle with the accuracy rule (errors relative to
+the size of the terms: |logit| + lse per token)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Op 4, lm_head-fused log-probs: linear_sequence_logps / linear_yes_no_logprobs / linear_bon_rewards against the
+"""The lm_head-fused log-probs: linear_sequence_logps / linear_yes_no_logprobs / linear_bon_rewards against the
 float64 oracle on hidden @ weight.T (+ bias).
 
 In process: the chunked CPU path (property tests at larger shapes with a small chunk bound so every call spans many

@@ -1,4 +1,4 @@
-"""The contract of the lm_head-fused backends (op 4): what the Triton kernels (rlaifv_fast.ops.triton.linear_logps)
+"""The contract of the lm_head-fused backends: what the Triton kernels (rlaifv_fast.ops.triton.linear_logps)
 and the chunked path (rlaifv_fast.ops.linear_chunked) each provide, and the logit transform both apply. Which one
 runs is decided in one place, rlaifv_fast.ops._dispatch.linear_kernels.
 
