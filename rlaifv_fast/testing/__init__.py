@@ -4,6 +4,7 @@ from .tiny_idefics3 import build_tiny_idefics3, build_tiny_smolvlm
 from .tiny_internvl import build_tiny_internvl
 from .tiny_llava_next import build_tiny_llava_next
 from .tiny_qwen2vl import build_tiny_qwen2vl
+from .tiny_qwen_vl import build_tiny_qwen2_5_vl, build_tiny_qwen3_vl
 from .tiny_vlm import (
     TINY_CHAT_TEMPLATE,
     TINY_IMAGE_SIZE,
@@ -27,7 +28,9 @@ __all__ = [
     "build_tiny_llama",
     "build_tiny_llava",
     "build_tiny_llava_next",
+    "build_tiny_qwen2_5_vl",
     "build_tiny_qwen2vl",
+    "build_tiny_qwen3_vl",
     "build_tiny_smolvlm",
     "vllm_key",
     "vllm_state_dict_keys",

@@ -97,6 +97,18 @@ def _smolvlm(out_dir: str | os.PathLike, *, seed: int = 0) -> pathlib.Path:
     return build_tiny_smolvlm(out_dir, seed=seed)
 
 
+def _qwen2_5_vl(out_dir: str | os.PathLike, *, seed: int = 0) -> pathlib.Path:
+    from .tiny_qwen_vl import build_tiny_qwen2_5_vl
+
+    return build_tiny_qwen2_5_vl(out_dir, seed=seed)
+
+
+def _qwen3_vl(out_dir: str | os.PathLike, *, seed: int = 0) -> pathlib.Path:
+    from .tiny_qwen_vl import build_tiny_qwen3_vl
+
+    return build_tiny_qwen3_vl(out_dir, seed=seed)
+
+
 def _qwen2vl(out_dir: str | os.PathLike, *, seed: int = 0) -> pathlib.Path:
     from .tiny_qwen2vl import build_tiny_qwen2vl
 
@@ -110,6 +122,10 @@ FAMILIES: dict[str, Family] = {
     "llava_next": Family("LLaVA-NeXT", "llava_next", _llava_next, multimodal=True, end_token="</s>", vllm=True,
                          notes="anyres: a different number of crops per image"),
     "qwen2_vl": Family("Qwen2-VL", "qwen2_vl", _qwen2vl, multimodal=True, end_token="<|im_end|>"),
+    "qwen2_5_vl": Family("Qwen2.5-VL", "qwen2_5_vl", _qwen2_5_vl, multimodal=True, end_token="<|im_end|>",
+                         notes="window attention in the vision tower"),
+    "qwen3_vl": Family("Qwen3-VL", "qwen3_vl", _qwen3_vl, multimodal=True, end_token="<|im_end|>",
+                       notes="DeepStack visual features, interleaved M-RoPE"),
     "smolvlm": Family("SmolVLM", "smolvlm", _smolvlm, multimodal=True, end_token="<end_of_utterance>", vllm=True,
                       notes="image splitting: a different number of tiles per image; the processor needs num2words"),
     "llama": Family("Llama (text)", "llama", _llama, multimodal=False, end_token="</s>", vllm=True),
