@@ -66,7 +66,7 @@ def test_reference_logps_equal_a_plain_forward(family):
     from rlaifv_fast.pipeline.scoring import Triple, response_logps
 
     fam, folder, _ = family
-    engine = HFEngine(folder)
+    engine = HFEngine(folder, **fam.engine_options)
     images = _images(fam, len(TRIPLES))
     triples = [Triple(images[i], q, r) for i, (q, r) in enumerate(TRIPLES)]
     got = response_logps(engine, triples, batch_size=len(triples), return_per_token=True)
@@ -91,7 +91,7 @@ def test_candidates_end_with_the_end_of_turn_token(family):
     from rlaifv_fast.engines.hf import HFEngine
 
     fam, folder, _ = family
-    engine = HFEngine(folder)
+    engine = HFEngine(folder, **fam.engine_options)
     end = engine.tokenizer.convert_tokens_to_ids(fam.end_token)
     assert end in engine._eos_ids, f"{fam.name}: generation does not stop at {fam.end_token!r}"
     images = _images(fam, 2)
@@ -108,7 +108,9 @@ def test_one_loop_iteration_then_both_training_paths_lora_and_bon(family, capsys
                  "--iterations", "1", "--generate.n", "4", "--generate.temperature", "1.0",
                  "--generate.max-new-tokens", "10", "--train.max-steps", "1", "--train.lr", "1e-3",
                  "--train.warmup-ratio", "0", "--train.per-device-batch-size", "2", "--train.sft-weight", "0",
-                 "--on-no-pairs", "fail", "--no-progress"]) == 0
+                 "--on-no-pairs", "fail", "--no-progress",
+                 *(f for stage in ("generate", "feedback", "reflogps", "train") for f in _flags(fam, stage + "."))
+                 ]) == 0
     it = work / "iter0"
     assert len(list(read_records(it / "candidates.jsonl"))) == 12
     assert len(list(read_records(it / "feedback.jsonl"))) == 12
@@ -119,15 +121,20 @@ def test_one_loop_iteration_then_both_training_paths_lora_and_bon(family, capsys
         out = root / ("train-" + extra[1].strip("-"))
         assert main(["train", "--pairs", str(ref), "--model", str(folder), "--output-dir", str(out),
                      "--max-steps", "1", "--lr", "1e-3", "--warmup-ratio", "0", "--per-device-batch-size", "2",
-                     "--sft-weight", "0", *extra]) == 0
+                     "--sft-weight", "0", *extra, *_flags(fam)]) == 0
         _assert_policy_equals_reference(fam, json.loads((out / "metrics.jsonl").read_text().splitlines()[0]))
     capsys.readouterr()
     bon = root / "bon.jsonl"
     assert main(["bon", "--prompts", str(prompts), "--policy", str(it / "train" / "final"), "--reference",
                  str(folder), "--out", str(bon), "--n", "2", "--max-new-tokens", "6", "--temperature", "1.0",
-                 "--no-progress"]) == 0
+                 "--no-progress", *_flags(fam)]) == 0
     records = list(read_records(bon))
     assert len(records) == 3 and all(len(r["candidates"]) == 2 for r in records)
+
+
+def _flags(fam, prefix=""):
+    """The family's engine options as stage flags (e.g. --chat-template, --generate.chat-template)."""
+    return [f for k, v in fam.engine_options.items() for f in ("--" + prefix + k.replace("_", "-"), str(v))]
 
 
 def _assert_policy_equals_reference(fam, metrics):

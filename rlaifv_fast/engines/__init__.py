@@ -32,10 +32,15 @@ class EngineKind(str, enum.Enum):
 ENGINE_KINDS = tuple(k.value for k in EngineKind)
 
 
-def make_engine(kind: EngineKind | str, model: str, *, options: dict[str, Any] | None = None) -> Engine:
+def make_engine(kind: EngineKind | str, model: str, *, options: dict[str, Any] | None = None,
+                chat_template: str | None = None) -> Engine:
     """An engine of `kind` ("hf" or "vllm") for the model at `model` (a local folder, or a hub name when the user
-    allows downloads through the options). `options` pass through to the engine (for vLLM: to vllm.LLM untouched)."""
+    allows downloads through the options). `options` pass through to the engine (for vLLM: to vllm.LLM untouched);
+    `chat_template` (a Jinja file or the template text) replaces the folder's template in both engines' prompts."""
     options = dict(options or {})
+    if "chat_template" in options:
+        raise ValueError("chat_template is not an engine option here: pass it as the stage's chat_template option "
+                         "(--chat-template) or make_engine's chat_template")
     try:
         kind = EngineKind(kind)
     except ValueError:
@@ -43,24 +48,27 @@ def make_engine(kind: EngineKind | str, model: str, *, options: dict[str, Any] |
     if kind is EngineKind.HF:
         from .hf import HFEngine
 
-        return HFEngine(model, **options)
+        return HFEngine(model, **options, chat_template=chat_template)
     from .vllm_engine import VLLMEngine
 
-    return VLLMEngine(model, options)
+    return VLLMEngine(model, options, chat_template=chat_template)
 
 
 @dataclasses.dataclass(frozen=True)
 class EngineSpec:
-    """Which engine a stage wants for one role: runtime, model folder and options."""
+    """Which engine a stage wants for one role: runtime, model folder, options and the chat template given for it
+    (None: the folder's; a stage's `chat_template` option)."""
 
     kind: EngineKind
     model: str
     options: tuple[tuple[str, Any], ...] = ()
+    chat_template: str | None = None
 
     @classmethod
-    def of(cls, kind: EngineKind | str, model: str, options: dict[str, Any] | None = None) -> EngineSpec:
+    def of(cls, kind: EngineKind | str, model: str, options: dict[str, Any] | None = None, *,
+           chat_template: str | None = None) -> EngineSpec:
         items = tuple(sorted((str(k), json.dumps(v, sort_keys=True)) for k, v in (options or {}).items()))
-        return cls(EngineKind(kind), str(model), items)
+        return cls(EngineKind(kind), str(model), items, chat_template)
 
     def options_dict(self) -> dict[str, Any]:
         return {k: json.loads(v) for k, v in self.options}
@@ -85,7 +93,7 @@ class EnginePool(Mapping[str, Engine]):
 
                 if torch.cuda.is_available():
                     options["device"] = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
-            self._built[spec] = make_engine(spec.kind, spec.model, options=options)
+            self._built[spec] = make_engine(spec.kind, spec.model, options=options, chat_template=spec.chat_template)
         return self._built[spec]
 
     def __iter__(self):

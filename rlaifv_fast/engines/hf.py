@@ -49,6 +49,14 @@ _PREFIX_SHARING_MODEL_TYPES = frozenset({"llava", "llama", "qwen2", "qwen3"})
 _PREFIX_SHARING_TEXT_TYPES = frozenset({"llama", "qwen2", "qwen3"})
 # Processor outputs that are per-token (shape (1, T)) and are rebuilt by the engine itself.
 _TOKEN_KEYS = ("input_ids", "attention_mask")
+# Processor outputs that are training targets, not model inputs (PaliGemma's processor returns `labels`): never
+# passed to the model, whose own loss would run on them.
+_TARGET_KEYS = ("labels",)
+# The value a per-token processor output takes on tokens after the prompt (a scored response), by model type and
+# key; every other per-token output is 0 there (text). PaliGemma's token_type_ids are 0 on the prefix (attended
+# bidirectionally) and 1 on the suffix (causal), as its processor gives a `suffix`; transformers' PaliGemma
+# generate appends 1 for generated tokens itself.
+_RESPONSE_TOKEN_VALUES: dict[str, dict[str, int]] = {"paligemma": {"token_type_ids": 1}}
 
 _DTYPES = {
     "float32": torch.float32,
@@ -98,6 +106,18 @@ def _image_key(image: ImageInput):
     except Exception:  # pragma: no cover - unusual PIL objects
         pass
     return ("object", id(image))
+
+
+def response_token_value(model_type: str, key: str) -> int:
+    """The value of per-token processor output `key` on response tokens for `model_type` (_RESPONSE_TOKEN_VALUES;
+    default 0: text)."""
+    return _RESPONSE_TOKEN_VALUES.get(model_type, {}).get(key, 0)
+
+
+def _image_inputs(encoding: Any) -> dict[str, Any]:
+    """A processor output's model inputs besides the token ids and the mask (image tensors, per-token type ids):
+    the training targets it may hold (_TARGET_KEYS) are left out."""
+    return {k: v for k, v in encoding.items() if k not in _TOKEN_KEYS and k not in _TARGET_KEYS}
 
 
 def _per_token_keys(mm: dict | None, length: int) -> list[str]:
@@ -258,6 +278,8 @@ class HFEngine:
         model_name: name recorded in provenance (default: the folder name).
         attn_implementation: passed to from_pretrained when given (e.g. "sdpa", "eager").
         allow_pickle_weights: load a folder whose weights are pickle files (.bin); off: safetensors only.
+        chat_template: a Jinja file or the template text, used instead of the folder's chat template (required for
+            checkpoints that ship none, e.g. PaliGemma).
     """
 
     def __init__(
@@ -273,6 +295,7 @@ class HFEngine:
         model_name: str | None = None,
         attn_implementation: str | None = None,
         allow_pickle_weights: bool = False,
+        chat_template: str | None = None,
     ):
         from transformers import AutoConfig
 
@@ -292,7 +315,8 @@ class HFEngine:
         load = {"trust_remote_code": bool(trust_remote_code), "local_files_only": bool(local_files_only)}
 
         self.config = AutoConfig.from_pretrained(self.model_path, **load)
-        self.prompts = ChatPrompts.load(self.model_path, model_name=self.model_name, **load)
+        self.prompts = ChatPrompts.load(self.model_path, model_name=self.model_name, chat_template=chat_template,
+                                        **load)
         self.processor, self.tokenizer = self.prompts.processor, self.prompts.tokenizer
         self.multimodal = self.prompts.multimodal
         # safetensors only, unless the user vouches for the folder's pickle weights
@@ -382,7 +406,7 @@ class HFEngine:
             return [self._tokenize(t) for t in texts], [None] * len(texts)
         first = self._process(texts[0], image)
         ids0 = first["input_ids"][0].tolist()
-        mm = {k: v for k, v in first.items() if k not in _TOKEN_KEYS}
+        mm = _image_inputs(first)
         ids, mms = [ids0], [mm]
         if len(texts) == 1:
             return ids, mms
@@ -406,7 +430,7 @@ class HFEngine:
             if spliced is None:
                 enc = self._process(text, image)
                 ids.append(enc["input_ids"][0].tolist())
-                mms.append({k: v for k, v in enc.items() if k not in _TOKEN_KEYS})
+                mms.append(_image_inputs(enc))
             else:
                 ids.append(spliced)
                 mms.append(mm)

@@ -19,6 +19,7 @@ class ChatPrompts:
     processor: Any | None
     chat: Any
     model_name: str
+    template: str | None = None  # a chat template given by the user (load's chat_template), else the folder's
     _token_sets: dict = dataclasses.field(default_factory=dict, repr=False)
 
     @property
@@ -26,8 +27,11 @@ class ChatPrompts:
         return self.processor is not None
 
     @classmethod
-    def load(cls, source: str, *, model_name: str, **load_kwargs: Any) -> ChatPrompts:
-        """load_kwargs go to from_pretrained (trust_remote_code, local_files_only, revision, ...)."""
+    def load(cls, source: str, *, model_name: str, chat_template: str | None = None,
+             **load_kwargs: Any) -> ChatPrompts:
+        """chat_template: a Jinja file or the template text, used instead of the folder's (for checkpoints that ship
+        none, e.g. PaliGemma); load_kwargs go to from_pretrained (trust_remote_code, local_files_only, revision,
+        ...)."""
         from transformers import AutoProcessor, AutoTokenizer
 
         error = None
@@ -42,10 +46,16 @@ class ChatPrompts:
             tokenizer = processor if hasattr(processor, "encode") else AutoTokenizer.from_pretrained(source,
                                                                                                   **load_kwargs)
             processor = None
-        chat = processor if processor is not None and getattr(processor, "chat_template", None) else tokenizer
-        if not getattr(chat, "chat_template", None):
-            raise ValueError(f"{source} has no chat template (neither processor nor tokenizer)")
-        return cls(tokenizer, processor, chat, model_name)
+        template = read_chat_template(chat_template) if chat_template is not None else None
+        if template is not None:
+            chat = processor if processor is not None else tokenizer
+        else:
+            chat = processor if processor is not None and getattr(processor, "chat_template", None) else tokenizer
+            if not getattr(chat, "chat_template", None):
+                raise ValueError(f"{source} has no chat template (neither processor nor tokenizer); pass one as "
+                                 "chat_template (a stage's --chat-template, or the engines' chat_template=): a Jinja "
+                                 "file or the template text")
+        return cls(tokenizer, processor, chat, model_name, template)
 
     def render(self, text: str, *, image: bool) -> str:
         """The chat prompt of one user turn (image first, then text) with the generation prompt."""
@@ -55,8 +65,9 @@ class ChatPrompts:
             if image:
                 raise ValueError(f"{self.model_name} is a text-only model; it cannot take an image")
             content = text
+        extra = {"chat_template": self.template} if self.template is not None else {}
         return self.chat.apply_chat_template(
-            [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
+            [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True, **extra
         )
 
     def add_special_tokens(self, text: str) -> bool:
@@ -90,6 +101,24 @@ class ChatPrompts:
                 raise ValueError(f"yes words {yes_words!r} and no words {no_words!r} share token ids {sorted(both)}")
             self._token_sets[key] = (yes, no)
         return self._token_sets[key]
+
+
+def read_chat_template(value: str) -> str:
+    """A chat template option: the text of the Jinja file it names, else the template itself when it holds Jinja
+    markup ("{{" / "{%"); anything else is an error naming the value."""
+    import os
+
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"chat_template must be a Jinja file or the template text, got {value!r}")
+    if os.path.isfile(value):
+        with open(value, encoding="utf-8") as f:
+            text = f.read()
+        if not text.strip():
+            raise ValueError(f"chat_template file {value} is empty")
+        return text
+    if "{{" in value or "{%" in value:
+        return value
+    raise ValueError(f"chat_template {value!r} is neither a file nor a Jinja template (no '{{{{' or '{{%')")
 
 
 def _require_processor_for_vision(source: str, error: Exception | None) -> None:

@@ -120,10 +120,12 @@ class VLLMEngine:
             gpu_memory_utilization, max_model_len, dtype, kv_cache_memory_bytes, enforce_eager, seed, ...); see
             default_options for what is added when absent. Must not contain "model".
         model_name: name recorded in provenance (default: the folder name).
+        chat_template: a Jinja file or the template text, used instead of the folder's chat template (required for
+            checkpoints that ship none, e.g. PaliGemma).
     """
 
     def __init__(self, model_path: str | os.PathLike, options: dict[str, Any] | None = None, *,
-                 model_name: str | None = None):
+                 model_name: str | None = None, chat_template: str | None = None):
         try:
             import vllm
             from vllm.platforms import current_platform
@@ -147,7 +149,8 @@ class VLLMEngine:
         self.llm_kwargs = default_options(options, cpu=current_platform.is_cpu())
         if not allow_pickle:  # safetensors only, unless the user vouches for the folder's pickle weights
             self.llm_kwargs.setdefault("load_format", "safetensors")
-        self._load_processor()  # before the (slow) engine start: a model without a chat template fails fast
+        # before the (slow) engine start: a model without a chat template fails fast
+        self._load_processor(chat_template)
         self._SamplingParams = vllm.SamplingParams
         # SamplingParams.logprob_token_ids: the log-probs of chosen token ids (present in vLLM 0.32)
         self._has_token_ids = hasattr(vllm.SamplingParams(), "logprob_token_ids")
@@ -158,12 +161,12 @@ class VLLMEngine:
         self._torch_set_num_threads = torch.set_num_threads
         self.llm = vllm.LLM(model=self.model_path, **self.llm_kwargs)
 
-    def _load_processor(self) -> None:
+    def _load_processor(self, chat_template: str | None) -> None:
         source = self.llm_kwargs.get("tokenizer") or self.model_path
         load: dict[str, Any] = {"trust_remote_code": bool(self.llm_kwargs.get("trust_remote_code", False))}
         if self.llm_kwargs.get("tokenizer_revision") or self.llm_kwargs.get("revision"):
             load["revision"] = self.llm_kwargs.get("tokenizer_revision") or self.llm_kwargs.get("revision")
-        self.prompts = ChatPrompts.load(source, model_name=self.model_name, **load)
+        self.prompts = ChatPrompts.load(source, model_name=self.model_name, chat_template=chat_template, **load)
         self.processor, self.tokenizer = self.prompts.processor, self.prompts.tokenizer
         self.multimodal = self.prompts.multimodal
         # image / video placeholders are never generated (ChatPrompts.placeholder_tokens), as in HFEngine

@@ -103,7 +103,8 @@ def make_benchmark(config: Config) -> Benchmark:
 
 def engines(config: Config) -> dict[str, EngineSpec]:
     require(config, "model")
-    return {"model": EngineSpec.of(config.engine, config.model, config.engine_options)}
+    return {"model": EngineSpec.of(config.engine, config.model, config.engine_options,
+                                   chat_template=config.chat_template)}
 
 
 def load(config: Config, part: Part) -> Inputs:

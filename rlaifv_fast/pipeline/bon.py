@@ -69,10 +69,11 @@ BoNConfig = Config
 def engines(config: Config) -> dict[str, EngineSpec]:
     require(config, "policy", "reference")
     score_options = config.score_engine_options or (config.engine_options if config.engine is EngineKind.HF else {})
+    template = config.chat_template  # the policy and its reference are one family: one template
     return {
-        "sampler": EngineSpec.of(config.engine, config.policy, config.engine_options),
-        "policy": EngineSpec.of(EngineKind.HF, config.policy, score_options),
-        "reference": EngineSpec.of(EngineKind.HF, config.reference, score_options),
+        "sampler": EngineSpec.of(config.engine, config.policy, config.engine_options, chat_template=template),
+        "policy": EngineSpec.of(EngineKind.HF, config.policy, score_options, chat_template=template),
+        "reference": EngineSpec.of(EngineKind.HF, config.reference, score_options, chat_template=template),
     }
 
 

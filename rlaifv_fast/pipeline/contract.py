@@ -264,7 +264,17 @@ class PromptOptions(RunOptions):
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class EngineOptions(Options):
+class TemplateOptions(Options):
+    """The chat template of a stage's model, for every engine of the stage that runs it (EngineOptions has it; the
+    stages that always run transformers, reflogps and train, take it on its own)."""
+
+    chat_template: str | None = option(None, help="a chat template (a Jinja file, or the template text) used instead "
+                                       "of the model folder's, by every engine of the stage running that model "
+                                       "(hf and vllm); needed for checkpoints that ship none, e.g. PaliGemma")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class EngineOptions(TemplateOptions):
     engine: EngineKind = option(EngineKind.HF, help="model runtime: hf (transformers) or vllm")
     engine_options: dict = option(factory=dict, help="an engine option: hf: device, dtype, batch_size, "
                                   "trust_remote_code, local_files_only, attn_implementation; vllm: anything vllm.LLM "

@@ -63,13 +63,15 @@ class Inputs(NamedTuple):
 
 def engines(config: Config) -> dict[str, EngineSpec | None]:
     require(config, "labeler")
-    labeler = EngineSpec.of(config.engine, config.labeler, config.engine_options)
+    labeler = EngineSpec.of(config.engine, config.labeler, config.engine_options, chat_template=config.chat_template)
     divider = None
     if config.divider is DividerKind.LLM:
         model = config.divider_model or config.labeler
         kind = config.divider_engine or config.engine
         options = config.divider_engine_options or (config.engine_options if model == config.labeler else {})
-        divider = EngineSpec.of(kind, model, options)
+        # the stage's chat template belongs to the labeler's model: the divider has it when it is that model
+        template = config.chat_template if model == config.labeler else None
+        divider = EngineSpec.of(kind, model, options, chat_template=template)
     return {"labeler": labeler, "divider": divider}
 
 

@@ -57,7 +57,8 @@ GenerateConfig = Config
 
 def engines(config: Config) -> dict[str, EngineSpec]:
     require(config, "model")
-    return {"policy": EngineSpec.of(config.engine, config.model, config.engine_options)}
+    return {"policy": EngineSpec.of(config.engine, config.model, config.engine_options,
+                                    chat_template=config.chat_template)}
 
 
 def load(config: Config, part: Part) -> list[Prompt]:

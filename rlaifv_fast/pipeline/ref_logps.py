@@ -22,7 +22,7 @@ from pathlib import Path
 
 from ..engines import EngineKind, EngineSpec
 from ..options import option
-from .contract import IterationContext, RunOptions, StageReport, require
+from .contract import IterationContext, RunOptions, StageReport, TemplateOptions, require
 from .scoring import Triple, response_logps
 from .sharding import Part, Shard, check_shard, merge_parquet, select
 from .store import atomic_path
@@ -46,7 +46,7 @@ REF_COLUMNS = (
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class Config(RunOptions):
+class Config(RunOptions, TemplateOptions):
     pairs: str | None = option(None, io=True, help="pairs parquet in the RLAIF-V schema (pairs.rlaifv.parquet from "
                                "`pairs`)")
     model: str | None = option(None, io=True, help="reference model folder (the policy at the start of the "
@@ -75,7 +75,8 @@ def _image(value, base_dir: Path):
 
 def engines(config: Config) -> dict[str, EngineSpec]:
     require(config, "model")
-    return {"reference": EngineSpec.of(EngineKind.HF, config.model, config.engine_options)}
+    return {"reference": EngineSpec.of(EngineKind.HF, config.model, config.engine_options,
+                                       chat_template=config.chat_template)}
 
 
 def load(config: Config, part: Part):

@@ -31,7 +31,7 @@ from typing import Any, NamedTuple
 import torch
 from tqdm.auto import tqdm
 
-from ..engines.hf import HFEngine, _image_key, _per_token_keys, collate_image_inputs
+from ..engines.hf import HFEngine, _image_key, _per_token_keys, collate_image_inputs, response_token_value
 from .images import ImageInput, load_image
 from ..ops import sequence_logps
 
@@ -126,22 +126,24 @@ def encode_triples(
             EncodedResponse(
                 input_ids=list(prompt_ids) + response_ids,
                 labels=[IGNORE_INDEX] * len(prompt_ids) + response_ids,
-                image_inputs=_extend_per_token(mm, len(prompt_ids), len(response_ids)),
+                image_inputs=_extend_per_token(mm, len(prompt_ids), len(response_ids), engine._model_type),
                 prompt_len=len(prompt_ids),
             )
         )
     return out
 
 
-def _extend_per_token(mm: dict | None, prompt_len: int, extra: int) -> dict | None:
-    """Per-token processor outputs (e.g. Qwen2-VL's mm_token_type_ids) cover the prompt only: extend them over the
-    response tokens with zeros (0 = text)."""
+def _extend_per_token(mm: dict | None, prompt_len: int, extra: int, model_type: str) -> dict | None:
+    """Per-token processor outputs (e.g. Qwen2-VL's mm_token_type_ids, PaliGemma's token_type_ids) cover the prompt
+    only: extend them over the response tokens with the value the model type gives a response there
+    (engines.hf.response_token_value: 0 = text, PaliGemma's token_type_ids 1 = the causal suffix)."""
     keys = _per_token_keys(mm, prompt_len) if mm else []
     if not keys or extra == 0:
         return mm
     mm = dict(mm)
     for k in keys:
-        mm[k] = torch.cat([mm[k], mm[k].new_zeros((mm[k].shape[0], extra))], dim=1)
+        fill = response_token_value(model_type, k)
+        mm[k] = torch.cat([mm[k], mm[k].new_full((mm[k].shape[0], extra), fill)], dim=1)
     return mm
 
 

