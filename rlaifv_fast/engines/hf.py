@@ -341,12 +341,11 @@ class HFEngine:
         if self._image_token_id is None:
             self._image_token_id = getattr(self.config, "image_token_index", None)
         gen_cfg = getattr(self.model, "generation_config", None)
-        eos = getattr(gen_cfg, "eos_token_id", None)
-        if eos is None:
-            eos = tok.eos_token_id
-        self._eos_ids = sorted({int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos]) if e is not None})
-        if not self._eos_ids:
-            raise ValueError(f"{self.model_path}: no end-of-sequence token (tokenizer or generation config)")
+        gen_eos = getattr(gen_cfg, "eos_token_id", None)
+        # One end-of-turn token for every stage (ChatPrompts.end_of_turn_id, as the chat template closes an assistant
+        # turn): scoring appends it after a response; generation stops at it and at the generation config's eos ids.
+        self.end_token_id = self.prompts.end_of_turn_id(gen_eos)
+        self._eos_ids = self.prompts.stop_ids(gen_eos)
         pad = tok.pad_token_id
         if pad is None:
             pad = getattr(gen_cfg, "pad_token_id", None)

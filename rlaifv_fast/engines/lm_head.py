@@ -16,10 +16,20 @@ import dataclasses
 import torch
 
 
+# Model types whose forward applies no final-logit soft-capping even where their text config declares one:
+# transformers' Gemma3ForConditionalGeneration and PaliGemmaForConditionalGeneration return lm_head(h) as is
+# (PaliGemma 2's Gemma 2 text config declares 30; Gemma2ForCausalLM / Gemma3ForCausalLM on such a text config do
+# cap). The logits are the model's own, so a declared cap is not applied for these.
+_FORWARD_IGNORES_SOFTCAP = frozenset({"gemma3", "paligemma"})
+
+
 def head_transform(config) -> tuple[float, float | None]:
-    """(logit scale, final-logit soft-capping or None) of a model config (its text config for a VLM)."""
+    """(logit scale, final-logit soft-capping or None) of a model config (its text config for a VLM), as the
+    model's forward applies them."""
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     softcap = getattr(text, "final_logit_softcapping", None)
+    if getattr(config, "model_type", None) in _FORWARD_IGNORES_SOFTCAP:
+        softcap = None
     scale = getattr(text, "logit_scale", None)
     if scale is None:
         scale = getattr(text, "output_multiplier", None)

@@ -90,6 +90,56 @@ class ChatPrompts:
                     out.append(token)
         return out
 
+    def end_of_turn_id(self, generation_eos: Any = None) -> int:
+        """The token that closes an assistant turn, which scoring appends after a response: the first special token
+        the chat template writes right after an assistant message (Gemma's <end_of_turn>, ChatML's <|im_end|>,
+        Llama-2's </s>); for a template that writes none there (or renders no assistant turn), the tokenizer's EOS,
+        else the first of `generation_eos` (the generation config's eos_token_id: an id or a list)."""
+        key = ("end_of_turn", tuple(_ids(generation_eos)))
+        if key not in self._token_sets:
+            found = self._template_end_of_turn()
+            if found is None:
+                eos = self.tokenizer.eos_token_id
+                found = int(eos) if eos is not None else (_ids(generation_eos) or [None])[0]
+            if found is None:
+                raise ValueError(f"{self.model_name}: no end-of-turn token (the chat template writes no special "
+                                 "token after an assistant message; no EOS in the tokenizer or generation config)")
+            self._token_sets[key] = found
+        return self._token_sets[key]
+
+    def stop_ids(self, generation_eos: Any = None) -> list[int]:
+        """The token ids generation stops at, the same in every engine: the end-of-turn token (end_of_turn_id), the
+        generation config's eos ids (`generation_eos`) and the tokenizer's EOS (vLLM stops at it in any case)."""
+        eos = _ids(generation_eos) + _ids(self.tokenizer.eos_token_id)
+        return sorted({self.end_of_turn_id(generation_eos), *eos})
+
+    def _template_end_of_turn(self) -> int | None:
+        """The first special token after the assistant's text when the template renders a user turn and an assistant
+        turn (None when it writes none, or cannot render an assistant turn)."""
+        from jinja2 import TemplateError
+
+        mark = "END0OF0TURN0MARK"
+        if self.multimodal:
+            turns = [{"role": "user", "content": [{"type": "text", "text": "hi"}]},
+                     {"role": "assistant", "content": [{"type": "text", "text": mark}]}]
+        else:
+            turns = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": mark}]
+        extra = {"chat_template": self.template} if self.template is not None else {}
+        try:
+            text = self.chat.apply_chat_template(turns, tokenize=False, add_generation_prompt=False, **extra)
+        except (TemplateError, ValueError, TypeError, KeyError):
+            return None
+        if not isinstance(text, str) or mark not in text:
+            return None
+        tail = text[text.index(mark) + len(mark):]
+        special = {int(i) for i in self.tokenizer.all_special_ids}
+        special |= {int(i) for i, t in getattr(self.tokenizer, "added_tokens_decoder", {}).items()
+                    if getattr(t, "special", False)}
+        for i in self.tokenizer(tail, add_special_tokens=False)["input_ids"]:
+            if int(i) in special and int(i) != self.tokenizer.unk_token_id:
+                return int(i)
+        return None
+
     def yes_no_ids(self, yes_words: Sequence[str], no_words: Sequence[str]) -> tuple[list[int], list[int]]:
         """(yes ids, no ids) for this tokenizer (resolved once per word lists); the sets must not overlap."""
         key = (tuple(yes_words), tuple(no_words))
@@ -101,6 +151,13 @@ class ChatPrompts:
                 raise ValueError(f"yes words {yes_words!r} and no words {no_words!r} share token ids {sorted(both)}")
             self._token_sets[key] = (yes, no)
         return self._token_sets[key]
+
+
+def _ids(value: Any) -> list[int]:
+    """Token ids given as one id, a list of ids, or None."""
+    if value is None:
+        return []
+    return [int(v) for v in (value if isinstance(value, (list, tuple)) else [value]) if v is not None]
 
 
 def read_chat_template(value: str) -> str:

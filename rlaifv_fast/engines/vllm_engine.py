@@ -98,6 +98,16 @@ def _image_key(image) -> Any:
     return ("object", id(image))
 
 
+def _generation_eos(model_path: str, revision: dict[str, Any]) -> Any:
+    """The eos_token_id of the model folder's generation config (an id, a list, or None without one)."""
+    from transformers import GenerationConfig
+
+    try:
+        return GenerationConfig.from_pretrained(model_path, **revision).eos_token_id
+    except OSError:  # no generation_config.json
+        return None
+
+
 def default_options(options: dict[str, Any] | None, *, cpu: bool) -> dict[str, Any]:
     """The kwargs for vllm.LLM: the user's options untouched, plus defaults for keys the user did not give."""
     out = dict(options or {})
@@ -171,6 +181,9 @@ class VLLMEngine:
         self.multimodal = self.prompts.multimodal
         # image / video placeholders are never generated (ChatPrompts.placeholder_tokens), as in HFEngine
         self._bad_words = self.prompts.placeholder_tokens() or None
+        # generation stops where HFEngine's does: the chat template's end-of-turn token and every eos id
+        revision = {"revision": self.llm_kwargs["revision"]} if self.llm_kwargs.get("revision") else {}
+        self._stop_ids = self.prompts.stop_ids(_generation_eos(self.model_path, revision))
 
     # ------------------------------------------------------------------ prompts
     def render(self, text: str, *, image: bool) -> str:
@@ -216,6 +229,7 @@ class VLLMEngine:
             max_tokens=int(decoding.max_new_tokens),
             detokenize=False,
             bad_words=self._bad_words,
+            stop_token_ids=self._stop_ids,
         )
 
     def _decode(self, completion) -> str:
@@ -283,7 +297,7 @@ class VLLMEngine:
             texts.append(text)
             prompts.append(self._prompt(text, image))
         params = self._SamplingParams(n=1, temperature=0.0, max_tokens=int(max_new_tokens), detokenize=False,
-                                      bad_words=self._bad_words)
+                                      bad_words=self._bad_words, stop_token_ids=self._stop_ids)
         outputs = self._run(prompts, texts, [params] * len(prompts))
         samples = []
         for req, out in zip(requests, outputs):
@@ -298,7 +312,7 @@ class VLLMEngine:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         texts = [self.render(p, image=False) for p in prompts]
         params = self._SamplingParams(n=1, temperature=0.0, max_tokens=int(max_new_tokens), detokenize=False,
-                                      bad_words=self._bad_words)
+                                      bad_words=self._bad_words, stop_token_ids=self._stop_ids)
         outputs = self._run([self._prompt(t, None) for t in texts], texts, [params] * len(texts))
         return [self._decode(o.outputs[0]).strip() for o in outputs]
 

@@ -91,9 +91,9 @@ def _no_image(image: ImageInput) -> bool:
 
 
 def eos_token_id(engine: HFEngine) -> int:
-    """The end-of-sequence id appended after each response: the tokenizer's, else the model's first."""
-    eos = engine.tokenizer.eos_token_id
-    return int(eos) if eos is not None else int(engine._eos_ids[0])
+    """The end token appended after each response: the one that closes an assistant turn in the model's chat
+    template (HFEngine.end_token_id, from ChatPrompts.end_of_turn_id), which generation stops at."""
+    return int(engine.end_token_id)
 
 
 def encode_triples(

@@ -1,5 +1,6 @@
 """Offline test helpers: tiny random-weight models with local tokenizers, built in well under a second."""
 
+from .tiny_gemma import build_tiny_gemma2, build_tiny_gemma3
 from .tiny_idefics3 import build_tiny_idefics3, build_tiny_smolvlm
 from .tiny_internvl import build_tiny_internvl
 from .tiny_llava_next import build_tiny_llava_next
@@ -25,6 +26,8 @@ __all__ = [
     "TINY_PALIGEMMA_PROMPT_TEMPLATE",
     "TINY_PATCH_SIZE",
     "TINY_WORDS",
+    "build_tiny_gemma2",
+    "build_tiny_gemma3",
     "build_tiny_idefics3",
     "build_tiny_internvl",
     "build_tiny_llama",

@@ -129,6 +129,18 @@ def _qwen3_vl(out_dir: str | os.PathLike, *, seed: int = 0) -> pathlib.Path:
     return build_tiny_qwen3_vl(out_dir, seed=seed)
 
 
+def _gemma2(out_dir: str | os.PathLike, *, seed: int = 0) -> pathlib.Path:
+    from .tiny_gemma import build_tiny_gemma2
+
+    return build_tiny_gemma2(out_dir, seed=seed)
+
+
+def _gemma3(out_dir: str | os.PathLike, *, seed: int = 0) -> pathlib.Path:
+    from .tiny_gemma import build_tiny_gemma3
+
+    return build_tiny_gemma3(out_dir, seed=seed)
+
+
 def _paligemma(out_dir: str | os.PathLike, *, seed: int = 0) -> pathlib.Path:
     from .tiny_paligemma import build_tiny_paligemma
 
@@ -148,6 +160,11 @@ def _qwen2vl(out_dir: str | os.PathLike, *, seed: int = 0) -> pathlib.Path:
 
 
 FAMILIES: dict[str, Family] = {
+    "gemma2": Family("Gemma 2 (text)", "gemma2", _gemma2, multimodal=False, end_token="<end_of_turn>",
+                     notes="final-logit soft-capping (both training paths); turns end with <end_of_turn>, not EOS"),
+    "gemma3": Family("Gemma 3", "gemma3", _gemma3, multimodal=True, end_token="<end_of_turn>",
+                     notes="bidirectional attention over image tokens (token_type_ids); turns end with "
+                     "<end_of_turn>, not EOS"),
     "internvl": Family("InternVL3", "internvl", _internvl, multimodal=True, end_token="<|im_end|>", vllm=True,
                        notes="transformers-native InternVL (`-hf` checkpoints), not remote code; tiles per image vary"),
     "llava": Family("LLaVA-1.5", "llava", _llava, multimodal=True, end_token="</s>", vllm=True),
