@@ -129,6 +129,12 @@ def _qwen3_vl(out_dir: str | os.PathLike, *, seed: int = 0) -> pathlib.Path:
     return build_tiny_qwen3_vl(out_dir, seed=seed)
 
 
+def _idefics3(out_dir: str | os.PathLike, *, seed: int = 0) -> pathlib.Path:
+    from .tiny_idefics3 import build_tiny_idefics3
+
+    return build_tiny_idefics3(out_dir, seed=seed)
+
+
 def _gemma2(out_dir: str | os.PathLike, *, seed: int = 0) -> pathlib.Path:
     from .tiny_gemma import build_tiny_gemma2
 
@@ -165,6 +171,8 @@ FAMILIES: dict[str, Family] = {
     "gemma3": Family("Gemma 3", "gemma3", _gemma3, multimodal=True, end_token="<end_of_turn>",
                      notes="bidirectional attention over image tokens (token_type_ids); turns end with "
                      "<end_of_turn>, not EOS"),
+    "idefics3": Family("Idefics3", "idefics3", _idefics3, multimodal=True, end_token="<end_of_utterance>",
+                       notes="image splitting: a different number of tiles per image"),
     "internvl": Family("InternVL3", "internvl", _internvl, multimodal=True, end_token="<|im_end|>", vllm=True,
                        notes="transformers-native InternVL (`-hf` checkpoints), not remote code; tiles per image vary"),
     "llava": Family("LLaVA-1.5", "llava", _llava, multimodal=True, end_token="</s>", vllm=True),
