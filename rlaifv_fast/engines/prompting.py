@@ -78,12 +78,15 @@ class ChatPrompts:
     def placeholder_tokens(self) -> list[str]:
         """The tokens the processor expands into image / video / audio features (e.g. <image>, <|image_pad|>,
         <IMG_CONTEXT>). An answer must never contain one: its text goes back through the processor (feedback,
-        scoring), which would take it for an image. The engines therefore never generate these tokens."""
+        scoring), which would take it for an image. The engines therefore never generate these tokens. Both the
+        processor's and the tokenizer's are taken: they differ where the prompt's placeholder is not the token the
+        model replaces (Gemma 3: <start_of_image> in the prompt, <image_soft_token> x N after expansion)."""
         if self.processor is None:
             return []
         out = []
-        for attr in ("image_token", "video_token", "audio_token"):
-            token = getattr(self.processor, attr, None)
+        for owner, attr in [(o, a) for o in (self.processor, self.tokenizer)
+                            for a in ("image_token", "video_token", "audio_token")]:
+            token = getattr(owner, attr, None)
             if isinstance(token, str) and token and token not in out:
                 ids = self.tokenizer.convert_tokens_to_ids([token])
                 if ids and ids[0] is not None and ids[0] != self.tokenizer.unk_token_id:
