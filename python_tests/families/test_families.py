@@ -58,7 +58,8 @@ def _plain_model(fam, folder):
     from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
     cls = AutoModelForImageTextToText if fam.multimodal else AutoModelForCausalLM
-    return cls.from_pretrained(folder, dtype=torch.float32, local_files_only=True).eval()
+    # eager: transformers' reference attention (sdpa drops Gemma 2's attention logit soft-capping)
+    return cls.from_pretrained(folder, dtype=torch.float32, local_files_only=True, attn_implementation="eager").eval()
 
 
 def test_reference_logps_equal_a_plain_forward(family):

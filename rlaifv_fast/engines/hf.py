@@ -120,6 +120,25 @@ def _image_inputs(encoding: Any) -> dict[str, Any]:
     return {k: v for k, v in encoding.items() if k not in _TOKEN_KEYS and k not in _TARGET_KEYS}
 
 
+# The attention implementations of transformers that apply a config's attn_logit_softcapping (Gemma 2); sdpa drops
+# it silently, and flash-attention only where the installed flash-attn supports it.
+_SOFTCAP_ATTENTION = ("eager", "flex_attention")
+
+
+def _attention_implementation(config: Any, requested: str | None, source: str) -> str | None:
+    """The attn_implementation to load with: as requested; for a model with attention logit soft-capping "eager"
+    when none is requested, and an implementation that would drop the soft-capping is an error."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    if not getattr(text, "attn_logit_softcapping", None):
+        return requested
+    if requested is None:
+        return "eager"
+    if requested not in _SOFTCAP_ATTENTION:
+        raise ValueError(f"{source}: attn_implementation={requested!r} does not apply this model's attention logit "
+                         f"soft-capping ({text.attn_logit_softcapping}); use one of {list(_SOFTCAP_ATTENTION)}")
+    return requested
+
+
 def _per_token_keys(mm: dict | None, length: int) -> list[str]:
     """Processor outputs with one value per token (shape (1, T)), e.g. mm_token_type_ids."""
     if not mm:
@@ -322,6 +341,7 @@ class HFEngine:
         # safetensors only, unless the user vouches for the folder's pickle weights
         model_kwargs: dict[str, Any] = dict(load, dtype=self.dtype, use_safetensors=None if allow_pickle_weights
                                             else True)
+        attn_implementation = _attention_implementation(self.config, attn_implementation, self.model_path)
         if attn_implementation is not None:
             model_kwargs["attn_implementation"] = attn_implementation
         if self.multimodal:

